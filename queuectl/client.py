@@ -1,0 +1,335 @@
+"""The Python client: one method per request, over the daemon's Unix socket.
+
+>>> from queuectl import Client
+>>> with Client.connect() as c:
+...     job = c.enqueue("echo hello", id="job1")
+
+``Client.connect()`` finds the socket (flag, ``$QUEUECTL_SOCKET``, the per-user
+``~/.queuectl/queuectld.sock``, then the system ``/run/queuectl/queuectld.sock``)
+and, for the per-user socket, starts a daemon in the background when none answers,
+as task-spooler does. ``QUEUECTL_NO_AUTOSTART=1`` turns that off.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from queuectl.errors import ProtocolError, Unavailable, error_from_code
+from queuectl.protocol import (
+    EnqueueArgs,
+    FrameBuffer,
+    Hello,
+    HelloReply,
+    JobView,
+    Op,
+    Reply,
+    Request,
+    StatusView,
+    WorkersView,
+    pack,
+)
+
+SYSTEM_SOCKET = "/run/queuectl/queuectld.sock"
+AUTOSTART_TIMEOUT_S = 15.0
+
+
+def user_home() -> Path:
+    return Path(os.environ.get("QUEUECTL_HOME") or Path.home() / ".queuectl")
+
+
+def resolve_socket(explicit: str | None = None) -> tuple[str, bool]:
+    """The socket to use and whether it is the per-user one (the only one autostarted)."""
+    if explicit:
+        return explicit, False
+    if os.environ.get("QUEUECTL_SOCKET"):
+        return os.environ["QUEUECTL_SOCKET"], False
+    user = user_home() / "queuectld.sock"
+    if not user.exists() and not os.environ.get("QUEUECTL_HOME") and Path(SYSTEM_SOCKET).exists():
+        return SYSTEM_SOCKET, False
+    return str(user), True
+
+
+def autostart_enabled() -> bool:
+    return os.environ.get("QUEUECTL_NO_AUTOSTART", "").lower() not in ("1", "true", "yes")
+
+
+class Client:
+    """A connection to queuectld. Not thread-safe; use one per thread."""
+
+    def __init__(self, sock: socket.socket, server: str) -> None:
+        self._sock = sock
+        self._frames = FrameBuffer()
+        self._pending: list[dict[str, Any]] = []
+        self._rids = itertools.count(1)
+        self.server = server
+
+    # -- connecting -----------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls, socket_path: str | None = None, autostart: bool | None = None, timeout: float = 60.0
+    ) -> Client:
+        """Connect (and say hello); start a per-user daemon first if allowed and needed."""
+        path, per_user = resolve_socket(socket_path)
+        try:
+            return cls._open(path, timeout)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if autostart is None:
+                autostart = autostart_enabled()
+            if not (autostart and per_user):
+                raise Unavailable(
+                    f"no queuectld is listening on {path}; start one with `queuectld` "
+                    "(or unset QUEUECTL_NO_AUTOSTART)"
+                ) from None
+        start_daemon(path)
+        try:
+            return cls._open(path, timeout)
+        except OSError as exc:
+            raise Unavailable(f"queuectld started but {path} does not answer: {exc}") from None
+
+    @classmethod
+    def _open(cls, path: str, timeout: float) -> Client:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except PermissionError:
+            sock.close()
+            raise Unavailable(
+                f"permission denied on {path}; ask to be added to the queue's group"
+            ) from None
+        except BaseException:
+            sock.close()
+            raise
+        client = cls(sock, "")
+        try:
+            client._send(Hello().to_wire())
+            msg = client._recv()
+        except (ConnectionError, TimeoutError) as exc:
+            sock.close()
+            raise Unavailable(f"queuectld on {path} closed the connection: {exc}") from None
+        if msg.get("ok") is False:
+            sock.close()
+            reply = Reply.from_wire({"rid": 0, **msg})
+            assert reply.error is not None
+            raise error_from_code(reply.error.code, reply.error.message)
+        client.server = str(msg.get("hello", ""))
+        HelloReply(int(msg.get("version", 0)), client.server)
+        return client
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- framing --------------------------------------------------------------
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        self._sock.sendall(pack(msg))
+
+    def _recv(self) -> dict[str, Any]:
+        while not self._pending:
+            data = self._sock.recv(65536)
+            if not data:
+                raise Unavailable("queuectld closed the connection")
+            self._pending.extend(self._frames.feed(data))
+        return self._pending.pop(0)
+
+    def call(self, op: Op, **args: Any) -> Any:
+        """Send one request and return its result, or raise the error the daemon reported."""
+        rid = next(self._rids)
+        self._send(Request(rid, op, args).to_wire())
+        while True:
+            msg = self._recv()
+            if msg.get("rid") != rid or "event" in msg:
+                continue
+            reply = Reply.from_wire(msg)
+            if reply.error is not None:
+                raise error_from_code(reply.error.code, reply.error.message)
+            return reply.result
+
+    def stream(self, op: Op, **args: Any) -> Iterator[dict[str, Any]]:
+        """Send a streaming request and yield its events until the daemon ends the stream."""
+        rid = next(self._rids)
+        self._send(Request(rid, op, args).to_wire())
+        while True:
+            msg = self._recv()
+            if msg.get("rid") != rid:
+                continue
+            if "event" in msg:
+                yield msg["event"]
+                continue
+            reply = Reply.from_wire(msg)
+            if reply.error is not None:
+                raise error_from_code(reply.error.code, reply.error.message)
+            return
+
+    # -- requests -------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(Op.PING)
+        return result
+
+    def enqueue(
+        self,
+        command: str,
+        id: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        cwd: str | None = None,
+    ) -> JobView:
+        """Add one job; returns it once it is durably stored."""
+        spec = EnqueueArgs(command, id, max_retries, timeout, delay, cwd)
+        return self.enqueue_spec({k: v for k, v in asdict(spec).items() if v is not None})
+
+    def enqueue_spec(self, spec: dict[str, Any]) -> JobView:
+        """Add one job given as a wire map (the CLI's JSON form); the daemon validates it."""
+        result: JobView = self.call(Op.ENQUEUE, **spec)
+        return result
+
+    def enqueue_batch(self, specs: list[dict[str, Any]]) -> list[str]:
+        """Add many jobs in one transaction (all or none); returns their ids."""
+        result = self.call(Op.ENQUEUE_BATCH, jobs=specs)
+        return list(result["ids"])
+
+    def get_job(self, job_id: str) -> JobView:
+        result: JobView = self.call(Op.GET_JOB, id=job_id)
+        return result
+
+    def list_jobs(
+        self, state: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[JobView], int]:
+        """Jobs in enqueue order and the total matching count."""
+        args: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state is not None:
+            args["state"] = state
+        result = self.call(Op.LIST_JOBS, **args)
+        return list(result["jobs"]), int(result["total"])
+
+    def status(self) -> StatusView:
+        result: StatusView = self.call(Op.STATUS)
+        return result
+
+    def metrics(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(Op.METRICS)
+        return result
+
+    def set_workers(self, count: int) -> WorkersView:
+        result: WorkersView = self.call(Op.WORKERS_SET, count=count)
+        return result
+
+    def stop_workers(self) -> WorkersView:
+        result: WorkersView = self.call(Op.WORKERS_STOP)
+        return result
+
+    def dlq_retry(self, job_id: str) -> JobView:
+        result: JobView = self.call(Op.DLQ_RETRY, id=job_id)
+        return result
+
+    def logs(self, job_id: str) -> Iterator[bytes]:
+        """A job's whole log, chunk by chunk."""
+        offset = 0
+        while True:
+            chunk = self.call(Op.LOGS, id=job_id, offset=offset)
+            data: bytes = chunk["data"]
+            if data:
+                yield data
+            offset += len(data)
+            if not data or offset >= chunk["size"]:
+                return
+
+    def config_get(self, key: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(Op.CONFIG_GET, key=key)
+        return result
+
+    def config_set(self, key: str, value: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(Op.CONFIG_SET, key=key, value=value)
+        return result
+
+    def config_list(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call(Op.CONFIG_LIST)
+        return result
+
+    def watch(self, until_idle: bool = False) -> Iterator[dict[str, Any]]:
+        """Job events as they happen; ``until_idle`` ends once nothing is left to run."""
+        return self.stream(Op.WATCH, until_idle=until_idle)
+
+    def shutdown(self) -> dict[str, Any]:
+        """Ask the daemon to drain and exit."""
+        result: dict[str, Any] = self.call(Op.SHUTDOWN)
+        return result
+
+
+def start_daemon(socket_path: str) -> None:
+    """Start a per-user ``queuectld --daemon`` and wait until it reports ready."""
+    read_fd, write_fd = os.pipe()
+    home = user_home()
+    cmd = [
+        sys.executable,
+        "-m",
+        "queuectld",
+        "--daemon",
+        "--home",
+        str(home),
+        "--socket",
+        socket_path,
+        "--log-file",
+        str(home / "queuectld.log"),
+        "--ready-fd",
+        str(write_fd),
+    ]
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
+    finally:
+        os.close(write_fd)
+    # The pipe reaches EOF when the daemon has written READY, or died without doing so.
+    answer = b""
+    deadline = time.monotonic() + AUTOSTART_TIMEOUT_S
+    with os.fdopen(read_fd, "rb", buffering=0) as ready:
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([ready], [], [], left)[0]:
+                break
+            data = ready.read(64)
+            if not data:
+                break
+            answer += data
+    try:
+        _, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        err = b"queuectld did not become ready in time"
+    if b"READY" not in answer:
+        detail = err.decode(errors="replace").strip().splitlines()
+        reason = detail[-1] if detail else f"see {home / 'queuectld.log'}"
+        raise Unavailable(f"could not start queuectld: {reason}")
+
+
+__all__ = ["Client", "ProtocolError", "resolve_socket", "start_daemon"]

@@ -1,0 +1,90 @@
+"""Errors shared by the client and the daemon.
+
+Every error that crosses the socket carries a stable ``code``; programs match
+on the code, people read the message. Codes never change meaning once shipped.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class QueuectlError(Exception):
+    """Base of every error queuectl reports; ``code`` is stable, ``message`` is one sentence."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequest(QueuectlError):
+    """The request (or the job in it) is malformed: wrong type, unknown field, over a limit."""
+
+    code = "invalid_request"
+
+
+class NotFound(QueuectlError):
+    """The named job does not exist."""
+
+    code = "not_found"
+
+
+class Conflict(QueuectlError):
+    """The request clashes with the current state: duplicate id, job not in the DLQ, ..."""
+
+    code = "conflict"
+
+
+class PermissionDenied(QueuectlError):
+    """The caller's peer credentials are not allowed to use this daemon."""
+
+    code = "permission_denied"
+
+
+class StorageFull(QueuectlError):
+    """The disk holding the store is full; nothing was written."""
+
+    code = "storage_full"
+
+
+class Unavailable(QueuectlError):
+    """The daemon cannot be reached, or is shutting down."""
+
+    code = "unavailable"
+
+
+class ProtocolError(QueuectlError):
+    """A frame could not be read: bad length, bad msgpack, wrong version."""
+
+    code = "protocol"
+
+
+class InternalError(QueuectlError):
+    """Something failed inside the daemon; its log has the details."""
+
+    code = "internal"
+
+
+ERRORS_BY_CODE: dict[str, type[QueuectlError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        NotFound,
+        Conflict,
+        PermissionDenied,
+        StorageFull,
+        Unavailable,
+        ProtocolError,
+        InternalError,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> QueuectlError:
+    """Rebuild the error a peer reported; unknown codes become ``InternalError``."""
+    return ERRORS_BY_CODE.get(code, InternalError)(message)

@@ -1,0 +1,627 @@
+"""The wire protocol: everything that crosses a queuectl socket or pipe is defined here.
+
+Framing: a 4-byte big-endian length, then one msgpack map of at most
+``MAX_FRAME_BYTES``. On connect the client sends a :class:`Hello` and the daemon
+answers a :class:`HelloReply` (or an error frame, then closes). After that every
+request is a :class:`Request` frame answered by one :class:`Reply` with the same
+``rid``; a ``watch`` request is answered by :class:`EventFrame` s until the client
+hangs up.
+
+Request arguments are validated here, once, for every transport: each request type
+is a frozen dataclass whose :func:`parse_args` refuses unknown fields, wrong types
+and values over the limits with an :class:`~queuectl.errors.InvalidRequest`.
+
+The daemon and its worker processes talk over pipes with the same framing; those
+messages are at the end of this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import struct
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypedDict, TypeVar
+
+import msgpack
+
+from queuectl.errors import InvalidRequest, ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+HEADER = struct.Struct(">I")
+
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ID_CHARS = 128
+# Ids name log files (job_<id>.txt), so they are restricted to a safe alphabet.
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+MAX_BATCH_JOBS = 10_000
+MAX_LIST_LIMIT = 100_000
+MAX_WORKERS = 1024
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_RETRIES_LIMIT = 1000
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life; ``failed`` means waiting for a retry, ``dead`` is the DLQ."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+class Op(enum.StrEnum):
+    """Every request type the daemon answers."""
+
+    PING = "ping"
+    ENQUEUE = "enqueue"
+    ENQUEUE_BATCH = "enqueue_batch"
+    GET_JOB = "get_job"
+    LIST_JOBS = "list_jobs"
+    STATUS = "status"
+    METRICS = "metrics"
+    WORKERS_SET = "workers_set"
+    WORKERS_STOP = "workers_stop"
+    DLQ_RETRY = "dlq_retry"
+    LOGS = "logs"
+    CONFIG_GET = "config_get"
+    CONFIG_SET = "config_set"
+    CONFIG_LIST = "config_list"
+    WATCH = "watch"
+    SHUTDOWN = "shutdown"
+
+
+# ---------------------------------------------------------------------------
+# Framing
+
+
+def pack(obj: Mapping[str, Any]) -> bytes:
+    """Encode one message as a length-prefixed frame."""
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    if len(body) > MAX_FRAME_BYTES:
+        raise ProtocolError(
+            f"message of {len(body)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
+        )
+    return HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes, max_bytes: int = MAX_FRAME_BYTES) -> int:
+    """Decode and check a frame header; a declared length over the limit is a protocol error."""
+    (length,) = HEADER.unpack(header)
+    if length == 0 or length > max_bytes:
+        raise ProtocolError(f"frame of {length} bytes is outside 1..{max_bytes}")
+    return int(length)
+
+
+def unpack(body: bytes) -> dict[str, Any]:
+    """Decode one frame body; anything but a msgpack map with string keys is refused."""
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a frame must hold a map")
+    return obj
+
+
+class FrameBuffer:
+    """Incremental frame decoder for blocking readers (the client, the worker)."""
+
+    def __init__(self, max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_bytes
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Add bytes; return every message now complete, in order."""
+        self._buf += data
+        out = []
+        while len(self._buf) >= HEADER.size:
+            length = frame_length(bytes(self._buf[: HEADER.size]), self._max)
+            end = HEADER.size + length
+            if len(self._buf) < end:
+                break
+            out.append(unpack(bytes(self._buf[HEADER.size : end])))
+            del self._buf[:end]
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Envelopes
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First frame from a client."""
+
+    version: int = PROTOCOL_VERSION
+    client: str = "queuectl"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"hello": self.client, "version": self.version}
+
+    @classmethod
+    def from_wire(cls, msg: Mapping[str, Any]) -> Hello:
+        client, version = msg.get("hello"), msg.get("version")
+        if not isinstance(client, str) or not isinstance(version, int) or isinstance(version, bool):
+            raise ProtocolError("expected a hello frame with a client name and a protocol version")
+        return cls(version=version, client=client)
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    """The daemon's answer to :class:`Hello`."""
+
+    version: int
+    server: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"hello": self.server, "version": self.version, "ok": True}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request: ``rid`` pairs it with its reply."""
+
+    rid: int
+    op: Op
+    args: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"rid": self.rid, "op": self.op.value, "args": self.args}
+
+    @classmethod
+    def from_wire(cls, msg: Mapping[str, Any]) -> Request:
+        rid, op, args = msg.get("rid"), msg.get("op"), msg.get("args", {})
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            raise ProtocolError("a request needs an integer rid")
+        if not isinstance(args, dict):
+            raise InvalidRequest("request args must be a map")
+        try:
+            return cls(rid=rid, op=Op(str(op)), args=args)
+        except ValueError:
+            raise InvalidRequest(f"unknown operation {op!r}") from None
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """The error half of a failed reply."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to one :class:`Request`."""
+
+    rid: int
+    result: Any = None
+    error: ErrorBody | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        if self.error is not None:
+            err = {"code": self.error.code, "message": self.error.message}
+            return {"rid": self.rid, "ok": False, "error": err}
+        return {"rid": self.rid, "ok": True, "result": self.result}
+
+    @classmethod
+    def from_wire(cls, msg: Mapping[str, Any]) -> Reply:
+        rid = msg.get("rid")
+        if not isinstance(rid, int):
+            raise ProtocolError("a reply needs an integer rid")
+        if msg.get("ok") is True:
+            return cls(rid=rid, result=msg.get("result"))
+        err = msg.get("error")
+        if not isinstance(err, dict):
+            raise ProtocolError("a failed reply needs an error map")
+        return cls(rid=rid, error=ErrorBody(str(err.get("code")), str(err.get("message"))))
+
+
+@dataclass(frozen=True)
+class EventFrame:
+    """One event of a ``watch`` stream."""
+
+    rid: int
+    event: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"rid": self.rid, "event": self.event}
+
+
+# ---------------------------------------------------------------------------
+# Request arguments: one frozen dataclass per request type.
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a simple type hint; ints are accepted where floats are."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(name, value, option)
+            except InvalidRequest:
+                continue
+        raise InvalidRequest(f"field {name!r} has the wrong type ({type(value).__name__})")
+    if origin is list:
+        if not isinstance(value, list):
+            raise InvalidRequest(f"field {name!r} must be a list")
+        (item_hint,) = typing.get_args(hint)
+        return [_check_type(f"{name}[{i}]", item, item_hint) for i, item in enumerate(value)]
+    if hint is Any:
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidRequest(f"field {name!r} must be a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"field {name!r} must be an integer")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"field {name!r} must be a string")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"field {name!r} must be true or false")
+        return value
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise InvalidRequest(f"field {name!r} must be a map")
+        return value
+    raise TypeError(f"unsupported hint {hint!r}")  # a bug in this module, not bad input
+
+
+T = TypeVar("T")
+
+
+def parse_args(cls: type[T], args: Mapping[str, Any], what: str | None = None) -> T:
+    """Build the dataclass ``cls`` from a wire map, refusing unknown/missing/mistyped fields."""
+    label = what or getattr(cls, "label", cls.__name__)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(args) - set(fields))
+    if unknown:
+        known = ", ".join(fields) or "none"
+        raise InvalidRequest(f"unknown field {unknown[0]!r} in {label}; known fields: {known}")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in args:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise InvalidRequest(f"{label} is missing the required field {name!r}")
+            continue
+        values[name] = _check_type(name, args[name], hints[name])
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def validate_job_id(job_id: str) -> None:
+    """Refuse ids that are empty, too long, or unusable as a file name."""
+    if not job_id:
+        raise InvalidRequest("job id must not be empty")
+    if len(job_id) > MAX_ID_CHARS:
+        raise InvalidRequest(f"job id is {len(job_id)} characters; the limit is {MAX_ID_CHARS}")
+    if not JOB_ID_RE.fullmatch(job_id):
+        raise InvalidRequest(
+            f"job id {job_id!r} may only use letters, digits, '_', '.' and '-', "
+            "and must not start with '.' or '-'"
+        )
+
+
+def _check_range(name: str, value: float | None, low: float, high: float) -> None:
+    if value is not None and not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}, not {value:g}")
+
+
+@dataclass(frozen=True)
+class EnqueueArgs:
+    """A job to add: ``command`` runs as ``sh -c COMMAND``; unset fields use the queue settings."""
+
+    label: ClassVar[str] = "job"
+    command: str
+    id: str | None = None
+    max_retries: int | None = None
+    timeout: float | None = None
+    delay: float | None = None
+    cwd: str | None = None
+
+    def validate(self) -> None:
+        if self.cwd is not None and (not self.cwd.startswith("/") or "\x00" in self.cwd):
+            raise InvalidRequest("cwd must be an absolute directory path")
+        if not self.command.strip():
+            raise InvalidRequest("job command must not be empty")
+        size = len(self.command.encode("utf-8", "surrogatepass"))
+        if size > MAX_COMMAND_BYTES:
+            raise InvalidRequest(f"job command is {size} bytes; the limit is {MAX_COMMAND_BYTES}")
+        if "\x00" in self.command:
+            raise InvalidRequest("job command must not contain NUL bytes")
+        try:
+            self.command.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("job command must be valid UTF-8") from None
+        if self.id is not None:
+            validate_job_id(self.id)
+        _check_range("max_retries", self.max_retries, 0, MAX_RETRIES_LIMIT)
+        _check_range("timeout", self.timeout, 0.001, MAX_TIMEOUT_S)
+        _check_range("delay", self.delay, 0, MAX_TIMEOUT_S * 52)
+
+
+@dataclass(frozen=True)
+class EnqueueBatchArgs:
+    """Many jobs in one request, committed together: all are stored or none is."""
+
+    label: ClassVar[str] = "enqueue_batch"
+    jobs: list[dict]  # type: ignore[type-arg]
+
+    def validate(self) -> None:
+        if not self.jobs:
+            raise InvalidRequest("enqueue_batch needs at least one job")
+        if len(self.jobs) > MAX_BATCH_JOBS:
+            raise InvalidRequest(f"enqueue_batch takes at most {MAX_BATCH_JOBS} jobs a request")
+
+    def parsed(self) -> list[EnqueueArgs]:
+        out = []
+        for i, job in enumerate(self.jobs):
+            try:
+                out.append(parse_args(EnqueueArgs, job))
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"job {i + 1} of the batch: {exc.message}") from None
+        return out
+
+
+@dataclass(frozen=True)
+class JobIdArgs:
+    """A request about one job."""
+
+    label: ClassVar[str] = "request"
+    id: str
+
+    def validate(self) -> None:
+        validate_job_id(self.id)
+
+
+@dataclass(frozen=True)
+class ListArgs:
+    """List jobs, optionally of one state, oldest first."""
+
+    label: ClassVar[str] = "list request"
+    state: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+    def validate(self) -> None:
+        if self.state is not None and self.state not in {s.value for s in JobState}:
+            states = ", ".join(s.value for s in JobState)
+            raise InvalidRequest(f"unknown state {self.state!r}; states are: {states}")
+        _check_range("limit", self.limit, 1, MAX_LIST_LIMIT)
+        _check_range("offset", self.offset, 0, 2**62)
+
+
+@dataclass(frozen=True)
+class WorkersArgs:
+    """Set the desired number of worker processes."""
+
+    label: ClassVar[str] = "worker request"
+    count: int
+
+    def validate(self) -> None:
+        if self.count < 0:
+            raise InvalidRequest(f"worker count must not be negative, not {self.count}")
+        _check_range("worker count", self.count, 0, MAX_WORKERS)
+
+
+@dataclass(frozen=True)
+class LogsArgs:
+    """Read a job's log from ``offset``, at most ``max_bytes``."""
+
+    label: ClassVar[str] = "logs request"
+    id: str
+    offset: int = 0
+    max_bytes: int = 1024 * 1024
+
+    def validate(self) -> None:
+        validate_job_id(self.id)
+        _check_range("offset", self.offset, 0, 2**62)
+        _check_range("max_bytes", self.max_bytes, 1, MAX_FRAME_BYTES // 2)
+
+
+@dataclass(frozen=True)
+class ConfigKeyArgs:
+    """Name one queue setting."""
+
+    label: ClassVar[str] = "config request"
+    key: str
+
+
+@dataclass(frozen=True)
+class ConfigSetArgs:
+    """Change one queue setting; ``value`` is parsed by the setting's own type."""
+
+    label: ClassVar[str] = "config request"
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class WatchArgs:
+    """Subscribe to job events; ``until_idle`` ends the stream once nothing is left to run."""
+
+    label: ClassVar[str] = "watch request"
+    until_idle: bool = False
+
+
+@dataclass(frozen=True)
+class NoArgs:
+    """Requests without arguments."""
+
+    label: ClassVar[str] = "request"
+
+
+ARGS_BY_OP: dict[Op, type[Any]] = {
+    Op.PING: NoArgs,
+    Op.ENQUEUE: EnqueueArgs,
+    Op.ENQUEUE_BATCH: EnqueueBatchArgs,
+    Op.GET_JOB: JobIdArgs,
+    Op.LIST_JOBS: ListArgs,
+    Op.STATUS: NoArgs,
+    Op.METRICS: NoArgs,
+    Op.WORKERS_SET: WorkersArgs,
+    Op.WORKERS_STOP: NoArgs,
+    Op.DLQ_RETRY: JobIdArgs,
+    Op.LOGS: LogsArgs,
+    Op.CONFIG_GET: ConfigKeyArgs,
+    Op.CONFIG_SET: ConfigSetArgs,
+    Op.CONFIG_LIST: NoArgs,
+    Op.WATCH: WatchArgs,
+    Op.SHUTDOWN: NoArgs,
+}
+
+
+# ---------------------------------------------------------------------------
+# Results (plain maps on the wire; TypedDicts for the type checker)
+
+
+class AttemptView(TypedDict):
+    attempt: int
+    started_at: float
+    finished_at: float | None
+    exit_code: int | None
+    outcome: str | None
+    error: str | None
+    worker: str | None
+
+
+class JobView(TypedDict):
+    id: str
+    command: str
+    cwd: str | None
+    state: str
+    attempts: int
+    interruptions: int
+    max_retries: int
+    timeout: float
+    created_at: float
+    updated_at: float
+    run_at: float
+    last_exit_code: int | None
+    last_error: str | None
+    history: list[AttemptView]
+
+
+class WorkersView(TypedDict):
+    desired: int
+    running: int
+    busy: int
+
+
+class StatusView(TypedDict):
+    counts: dict[str, int]
+    workers: WorkersView
+    draining: bool
+    version: str
+
+
+class LogChunk(TypedDict):
+    path: str
+    data: bytes
+    offset: int
+    size: int
+
+
+# ---------------------------------------------------------------------------
+# Daemon <-> worker process messages (pipes, same framing)
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Daemon -> worker: run one attempt of a job."""
+
+    job_id: str
+    attempt: int
+    command: str
+    cwd: str
+    timeout: float
+    kill_grace: float
+    log_path: str
+    log_max_bytes: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "run", **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    """Daemon -> worker: stop the running job's process group now (drain deadline passed)."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "cancel"}
+
+
+class Outcome(enum.StrEnum):
+    """How one attempt ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    NOT_FOUND = "not_found"
+    SIGNALED = "signaled"
+    INTERRUPTED = "interrupted"  # the worker, the daemon or a drain stopped it
+    ERROR = "error"  # the worker could not start the command at all
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    """Worker -> daemon: one attempt is over."""
+
+    job_id: str
+    attempt: int
+    outcome: Outcome
+    exit_code: int | None
+    error: str | None
+    started_at: float
+    finished_at: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "finished", **dataclasses.asdict(self), "outcome": self.outcome.value}
+
+    @classmethod
+    def from_wire(cls, msg: Mapping[str, Any]) -> JobFinished:
+        body = {k: v for k, v in msg.items() if k != "kind"}
+        body["outcome"] = Outcome(body["outcome"])
+        return cls(**body)
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    """Worker -> daemon: the job's shell runs as ``pgid`` (its process group id)."""
+
+    job_id: str
+    attempt: int
+    pgid: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "started", **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """Worker -> daemon: started and waiting for a job."""
+
+    pid: int = field(default=0)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "ready", "pid": self.pid}

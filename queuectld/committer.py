@@ -1,0 +1,113 @@
+"""Runs store calls on one thread and commits every call queued together in one transaction.
+
+This is the group commit behind "acknowledged means durable": each transaction ends
+with one fsync (SQLite WAL, ``synchronous=FULL``), and callers are answered only after
+it. While one commit is in flight new calls queue up, and the next transaction takes
+them all, so the cost of a sync is shared by everyone who arrived during the last one.
+Each call runs in its own savepoint: a refused request rolls back alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+
+from queuectl.errors import InternalError, QueuectlError
+from queuectld.store.base import Store
+
+T = TypeVar("T")
+StoreCall = Callable[[Store], Any]
+MAX_BATCH = 2048
+
+log = structlog.get_logger("queuectld.committer")
+
+
+class Committer:
+    """The single thread that owns the store connection."""
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self._loop = loop
+        self._calls: queue.SimpleQueue[tuple[StoreCall, asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="queuectld-store", daemon=True)
+        self.transactions = 0
+        self.calls = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def call(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` in the next transaction; return once it is committed."""
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._calls.put((fn, fut))
+        return await fut
+
+    async def stop(self) -> None:
+        """Finish the queued calls, then close the store."""
+        self._calls.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                first = self._calls.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._calls.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._commit(batch)
+                if stop:
+                    return
+        finally:
+            self.store.close()
+
+    def _commit(self, batch: list[tuple[StoreCall, asyncio.Future[Any]]]) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            with self.store.transaction():
+                for fn, fut in batch:
+                    try:
+                        with self.store.savepoint():
+                            results.append((fut, fn(self.store), None))
+                    except QueuectlError as exc:
+                        results.append((fut, None, exc))
+                    except Exception as exc:
+                        log.exception("store_call_failed")
+                        results.append((fut, None, InternalError(f"store call failed: {exc}")))
+        except QueuectlError as exc:
+            # The commit itself failed (disk full, I/O error): nothing of the batch is kept.
+            log.error("commit_failed", error=str(exc), calls=len(batch))
+            results = [(fut, None, exc) for _, fut in batch]
+        except Exception as exc:
+            log.exception("commit_failed")
+            err = InternalError(f"store commit failed: {exc}")
+            results = [(fut, None, err) for _, fut in batch]
+        self.transactions += 1
+        self.calls += len(batch)
+        self._loop.call_soon_threadsafe(_deliver, results)
+
+
+def _deliver(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, value, error in results:
+        if fut.cancelled():
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)

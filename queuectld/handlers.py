@@ -1,0 +1,254 @@
+"""One function per request type, chosen from one table: validate -> act -> reply.
+
+Arguments arrive already parsed and validated by :func:`queuectl.protocol.parse_args`;
+a handler raises a :class:`~queuectl.errors.QueuectlError` to refuse a request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from queuectl.errors import NotFound
+from queuectl.protocol import (
+    ConfigKeyArgs,
+    ConfigSetArgs,
+    EnqueueArgs,
+    EnqueueBatchArgs,
+    JobIdArgs,
+    JobState,
+    JobView,
+    ListArgs,
+    LogsArgs,
+    NoArgs,
+    Op,
+    StatusView,
+    WatchArgs,
+    WorkersArgs,
+    WorkersView,
+)
+from queuectld import __version__, joblog
+from queuectld.config import QUEUE_SETTINGS, setting_for
+from queuectld.jobs import ACTIVE, Job, NewJob
+from queuectld.store.base import Store
+
+if TYPE_CHECKING:
+    from queuectld.daemon import Daemon
+
+log = structlog.get_logger("queuectld.handlers")
+
+WORKERS_SETTING = "workers"
+
+
+def _new_job(args: EnqueueArgs, now: float) -> NewJob:
+    return NewJob(
+        command=args.command,
+        id=args.id,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        run_at=now + args.delay if args.delay else None,
+        cwd=args.cwd,
+    )
+
+
+def _view(d: Daemon, job: Job) -> JobView:
+    s = d.settings
+    return job.view(int(s["max-retries"]), float(s["default-timeout"]))
+
+
+async def ping(d: Daemon, args: NoArgs) -> dict[str, Any]:
+    return {"pong": True, "version": __version__}
+
+
+async def enqueue(d: Daemon, args: EnqueueArgs) -> JobView:
+    now = time.time()
+    new = _new_job(args, now)
+    job = await d.committer.call(lambda s: s.insert_jobs([new], now)[0])
+    _enqueued(d, [job])
+    return _view(d, job)
+
+
+async def enqueue_batch(d: Daemon, args: EnqueueBatchArgs) -> dict[str, Any]:
+    now = time.time()
+    news = [_new_job(a, now) for a in args.parsed()]
+    jobs = await d.committer.call(lambda s: s.insert_jobs(news, now))
+    _enqueued(d, jobs)
+    return {"count": len(jobs), "ids": [j.id for j in jobs]}
+
+
+def _enqueued(d: Daemon, jobs: list[Job]) -> None:
+    now = time.time()
+    for job in jobs:
+        d.events.publish("enqueued", id=job.id, command=job.command)
+        if job.run_at > now:
+            d.dispatcher.wake_at(job.run_at)
+    d.dispatcher.wake()
+    if len(jobs) == 1:
+        log.info("job_enqueued", job_id=jobs[0].id, uid=d.caller_uid())
+    else:
+        log.info("jobs_enqueued", count=len(jobs), uid=d.caller_uid())
+
+
+async def get_job(d: Daemon, args: JobIdArgs) -> JobView:
+    job = await d.committer.call(lambda s: s.get_job(args.id, with_history=True))
+    if job is None:
+        raise NotFound(f"no job with id {args.id!r}")
+    return _view(d, job)
+
+
+async def list_jobs(d: Daemon, args: ListArgs) -> dict[str, Any]:
+    state = JobState(args.state) if args.state else None
+
+    def read(s: Store) -> tuple[list[Job], dict[JobState, int]]:
+        return s.list_jobs(state, args.limit, args.offset), s.count_by_state()
+
+    jobs, counts = await d.committer.call(read)
+    total = counts[state] if state else sum(counts.values())
+    return {"jobs": [_view(d, j) for j in jobs], "total": total}
+
+
+async def status(d: Daemon, args: NoArgs) -> StatusView:
+    counts = await d.committer.call(lambda s: s.count_by_state())
+    return StatusView(
+        counts={k.value: v for k, v in counts.items()},
+        workers=_workers(d),
+        draining=d.draining,
+        version=__version__,
+    )
+
+
+def _workers(d: Daemon) -> WorkersView:
+    sup = d.supervisor
+    return WorkersView(desired=sup.desired, running=sup.running, busy=len(sup.busy()))
+
+
+async def metrics(d: Daemon, args: NoArgs) -> dict[str, Any]:
+    def read(s: Store) -> tuple[dict[JobState, int], dict[str, float]]:
+        return s.count_by_state(), s.attempt_stats()
+
+    counts, stats = await d.committer.call(read)
+    return {
+        "jobs": {k.value: v for k, v in counts.items()},
+        "jobs_total": sum(counts.values()),
+        "attempts": stats,
+        "workers": _workers(d),
+        "uptime_seconds": time.monotonic() - d.started_monotonic,
+        "store_transactions": d.committer.transactions,
+        "store_calls": d.committer.calls,
+        "connections": d.server.connections if d.server else 0,
+    }
+
+
+async def workers_set(d: Daemon, args: WorkersArgs) -> WorkersView:
+    await d.committer.call(lambda s: s.set_setting(WORKERS_SETTING, str(args.count)))
+    log.info("workers_set", desired=args.count, uid=d.caller_uid())
+    await d.supervisor.scale(args.count)
+    d.dispatcher.wake()
+    return _workers(d)
+
+
+async def workers_stop(d: Daemon, args: NoArgs) -> WorkersView:
+    return await workers_set(d, WorkersArgs(count=0))
+
+
+async def dlq_retry(d: Daemon, args: JobIdArgs) -> JobView:
+    job = await d.committer.call(lambda s: s.retry_dead(args.id, time.time()))
+    log.info("dlq_retry", job_id=job.id, uid=d.caller_uid())
+    d.events.publish("enqueued", id=job.id, command=job.command)
+    d.dispatcher.wake()
+    return _view(d, job)
+
+
+async def logs(d: Daemon, args: LogsArgs) -> dict[str, Any]:
+    job = await d.committer.call(lambda s: s.get_job(args.id))
+    if job is None:
+        raise NotFound(f"no job with id {args.id!r}")
+    path = joblog.log_path(d.config.log_dir, args.id)
+    chunk = joblog.read_chunk(path, args.offset, args.max_bytes)
+    if chunk is None:
+        return {"path": str(path), "data": b"", "offset": args.offset, "size": 0}
+    return dict(chunk)
+
+
+def _setting_view(d: Daemon, key: str) -> dict[str, Any]:
+    setting = QUEUE_SETTINGS[key]
+    return {"key": key, "value": d.settings[key], "default": setting.default, "help": setting.help}
+
+
+async def config_get(d: Daemon, args: ConfigKeyArgs) -> dict[str, Any]:
+    return _setting_view(d, setting_for(args.key).key)
+
+
+async def config_set(d: Daemon, args: ConfigSetArgs) -> dict[str, Any]:
+    setting = setting_for(args.key)
+    value = setting.check(args.value)
+    await d.committer.call(lambda s: s.set_setting(setting.key, str(value)))
+    d.settings[setting.key] = value
+    log.info("config_set", key=setting.key, value=value, uid=d.caller_uid())
+    d.dispatcher.wake()
+    return _setting_view(d, setting.key)
+
+
+async def config_list(d: Daemon, args: NoArgs) -> list[dict[str, Any]]:
+    return [_setting_view(d, key) for key in QUEUE_SETTINGS]
+
+
+async def shutdown(d: Daemon, args: NoArgs) -> dict[str, Any]:
+    log.info("shutdown_requested", uid=d.caller_uid())
+    d.request_stop()
+    return {"stopping": True}
+
+
+async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
+    """Job events as they happen; with ``until_idle``, end once nothing is left to run."""
+    queue = d.events.subscribe()
+
+    async def idle() -> bool:
+        counts = await d.committer.call(lambda s: s.count_by_state())
+        return sum(counts[s] for s in ACTIVE) == 0
+
+    try:
+        if args.until_idle and await idle():
+            yield {"type": "idle", "time": time.time()}
+            return
+        while True:
+            event = await queue.get()
+            if event is None:
+                return
+            yield event
+            while not queue.empty():
+                more = queue.get_nowait()
+                if more is None:
+                    return
+                yield more
+            finished = event["type"] in ("completed", "failed", "dead", "pending")
+            if args.until_idle and finished and await idle():
+                yield {"type": "idle", "time": time.time()}
+                return
+    finally:
+        d.events.unsubscribe(queue)
+
+
+Handler = Callable[["Daemon", Any], Awaitable[Any]]
+
+HANDLERS: dict[Op, Handler] = {
+    Op.PING: ping,
+    Op.ENQUEUE: enqueue,
+    Op.ENQUEUE_BATCH: enqueue_batch,
+    Op.GET_JOB: get_job,
+    Op.LIST_JOBS: list_jobs,
+    Op.STATUS: status,
+    Op.METRICS: metrics,
+    Op.WORKERS_SET: workers_set,
+    Op.WORKERS_STOP: workers_stop,
+    Op.DLQ_RETRY: dlq_retry,
+    Op.LOGS: logs,
+    Op.CONFIG_GET: config_get,
+    Op.CONFIG_SET: config_set,
+    Op.CONFIG_LIST: config_list,
+    Op.SHUTDOWN: shutdown,
+}
+STREAMS = {Op.WATCH: watch}

@@ -1,0 +1,136 @@
+"""Jobs as the daemon sees them: the row, its attempts, and the allowed state changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from queuectl.protocol import AttemptView, JobState, JobView
+
+# Which state may follow which; the store refuses anything else.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.PROCESSING}),
+    JobState.FAILED: frozenset({JobState.PROCESSING}),
+    JobState.PROCESSING: frozenset(
+        {JobState.COMPLETED, JobState.FAILED, JobState.DEAD, JobState.PENDING}
+    ),
+    JobState.DEAD: frozenset({JobState.PENDING}),
+    JobState.COMPLETED: frozenset(),
+}
+
+# States a worker may claim from (when run_at has come).
+CLAIMABLE = (JobState.PENDING, JobState.FAILED)
+# States in which a job still has work ahead of it.
+ACTIVE = (JobState.PENDING, JobState.PROCESSING, JobState.FAILED)
+
+
+def can_transition(old: JobState, new: JobState) -> bool:
+    """True if a job may go from ``old`` to ``new``."""
+    return new in TRANSITIONS[old]
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job about to be stored; ``None`` fields follow the queue settings."""
+
+    command: str
+    id: str | None = None
+    max_retries: int | None = None
+    timeout: float | None = None
+    run_at: float | None = None
+    cwd: str | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One row of a job's attempt history."""
+
+    attempt: int
+    started_at: float
+    finished_at: float | None = None
+    exit_code: int | None = None
+    outcome: str | None = None
+    error: str | None = None
+    worker: str | None = None
+    job_error: str | None = None  # the job's last_error (the DLQ reason when it dies)
+
+    def view(self) -> AttemptView:
+        return AttemptView(
+            attempt=self.attempt,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            exit_code=self.exit_code,
+            outcome=self.outcome,
+            error=self.error,
+            worker=self.worker,
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job row. ``max_retries``/``timeout`` are ``None`` when the job follows the settings."""
+
+    id: str
+    command: str
+    state: JobState
+    attempts: int
+    interruptions: int
+    max_retries: int | None
+    timeout: float | None
+    created_at: float
+    updated_at: float
+    run_at: float
+    last_exit_code: int | None = None
+    last_error: str | None = None
+    lease_owner: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    cwd: str | None = None
+    history: tuple[Attempt, ...] = field(default=())
+
+    def view(self, default_max_retries: int, default_timeout: float) -> JobView:
+        """The job as clients see it, with the settings filled in."""
+        return JobView(
+            id=self.id,
+            command=self.command,
+            cwd=self.cwd,
+            state=self.state.value,
+            attempts=self.attempts,
+            interruptions=self.interruptions,
+            max_retries=default_max_retries if self.max_retries is None else self.max_retries,
+            timeout=default_timeout if self.timeout is None else self.timeout,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            run_at=self.run_at,
+            last_exit_code=self.last_exit_code,
+            last_error=self.last_error,
+            history=[a.view() for a in self.history],
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job handed to this daemon: run attempt ``attempt`` under ``lease_token``."""
+
+    job: Job
+    attempt: int
+    lease_token: str
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What the daemon records when an attempt ends."""
+
+    job_id: str
+    attempt: int
+    lease_token: str
+    outcome: str
+    exit_code: int | None
+    error: str | None
+    started_at: float
+    finished_at: float
+    next_state: JobState
+    attempts: int
+    interruptions: int
+    run_at: float
+    worker: str | None = None
+    job_error: str | None = None  # the job's last_error (the DLQ reason when it dies)

@@ -1,0 +1,124 @@
+"""``queuectld`` command line: the only place for argv, sys.exit and DaemonContext."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from queuectl.errors import InvalidRequest
+from queuectld import __version__
+from queuectld.config import DaemonConfig, load_config
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="queuectld",
+        description="The queuectl daemon: owns the job queue and supervises the workers.",
+    )
+    p.add_argument("--config", help="TOML configuration file (default: $QUEUECTLD_CONFIG)")
+    p.add_argument("--home", help="state directory for the per-user defaults (~/.queuectl)")
+    p.add_argument("--socket", help="control socket path")
+    p.add_argument("--database", "--db", dest="database", help="queue database path")
+    p.add_argument("--log-dir", help="directory of job output files")
+    p.add_argument("--log-file", help="also write the daemon's own log to this file")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["json", "console"])
+    p.add_argument("--workers", type=int, help="worker count until `worker start` sets one")
+    p.add_argument("--daemon", action="store_true", help="detach into the background")
+    p.add_argument(
+        "--pidfile", help="with --daemon: write the pid here (default <home>/queuectld.pid)"
+    )
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+    p.add_argument("--print-config", action="store_true", help="print the effective configuration")
+    p.add_argument("--version", action="version", version=f"queuectld {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    flags = {
+        "home": args.home,
+        "socket": args.socket,
+        "database": args.database,
+        "log_dir": args.log_dir,
+        "log_file": args.log_file,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "workers": args.workers,
+    }
+    try:
+        config = load_config(args.config, os.environ, flags)
+    except InvalidRequest as exc:
+        print(f"queuectld: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    if args.check_config:
+        print("configuration OK")
+        sys.exit(0)
+    if args.print_config:
+        for key, value in dataclasses.asdict(config).items():
+            print(f"{key} = {value!r}")
+        sys.exit(0)
+    Path(config.home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    if args.daemon:
+        _detach(config, args.pidfile, args.ready_fd)
+    from queuectld.daemon import run_daemon
+    from queuectld.logs import configure_logging
+
+    configure_logging(config.log_level, config.log_format, config.log_file or None)
+    sys.exit(run_daemon(config, args.ready_fd))
+
+
+def _detach(config: DaemonConfig, pidfile: str | None, ready_fd: int | None) -> None:
+    """Become a background daemon (python-daemon): double fork, setsid, umask, stdio closed."""
+    import daemon
+
+    lock = FlockPidFile(pidfile or str(Path(config.home) / "queuectld.pid"))
+    context = daemon.DaemonContext(
+        working_directory=config.home,
+        umask=0o077,
+        pidfile=lock,
+        files_preserve=[ready_fd] if ready_fd is not None else None,
+        detach_process=True,
+    )
+    context.open()
+
+
+class FlockPidFile:
+    """A pidfile held with flock: a crashed daemon's file is stale, never a blocker."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> FlockPidFile:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SystemExit(f"queuectld: another daemon holds {self.path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+if __name__ == "__main__":
+    main()

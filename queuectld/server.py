@@ -1,0 +1,244 @@
+"""The control socket: stale-socket probe, bind, chmod, listen, peer check, framing.
+
+Each connection: peer credentials are checked, the client says hello, then requests
+are read one frame at a time and each is answered by its own task (so requests a
+client pipelines share a group commit). A malformed frame ends that connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import socket
+import stat
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from queuectl.errors import (
+    InternalError,
+    InvalidRequest,
+    PermissionDenied,
+    ProtocolError,
+    QueuectlError,
+    Unavailable,
+)
+from queuectl.protocol import (
+    ARGS_BY_OP,
+    HEADER,
+    PROTOCOL_VERSION,
+    ErrorBody,
+    EventFrame,
+    Hello,
+    HelloReply,
+    Reply,
+    Request,
+    frame_length,
+    pack,
+    parse_args,
+    unpack,
+)
+from queuectld import __version__
+
+log = structlog.get_logger("queuectld.server")
+
+HANDSHAKE_TIMEOUT_S = 10.0
+# A frame's body must arrive within this long once its header has (slow-client guard).
+BODY_TIMEOUT_S = 30.0
+MAX_IN_FLIGHT = 256
+
+_caller: contextvars.ContextVar[int | None] = contextvars.ContextVar("caller_uid", default=None)
+
+
+def caller_uid() -> int | None:
+    """The uid of the client whose request is being handled (from SO_PEERCRED)."""
+    return _caller.get()
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> Peer:
+    """The connecting process's pid/uid/gid as the kernel reports them (not as it claims)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid)
+
+
+RequestHandler = Callable[[Request, Any], Awaitable[Any]]
+StreamHandler = Callable[[Request, Any], AsyncIterator[dict[str, Any]]]
+
+
+class ControlServer:
+    """The Unix-socket server; what to do with a request is the daemon's business."""
+
+    def __init__(
+        self,
+        path: str,
+        mode: int,
+        allowed_uids: list[int],
+        max_connections: int,
+        handle: RequestHandler,
+        stream: StreamHandler,
+        is_stream: Callable[[Request], bool],
+    ) -> None:
+        self.path = path
+        self.mode = mode
+        self.allowed_uids = {os.getuid(), 0, *allowed_uids}
+        self.max_connections = max_connections
+        self._handle = handle
+        self._stream = stream
+        self._is_stream = is_stream
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
+
+    async def start(self) -> None:
+        """Bind the socket (replacing a stale one) with the right mode, and listen."""
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise Unavailable(f"{path} exists and is not a socket; remove it or pick another")
+            if _answers(path):
+                raise Unavailable(f"another queuectld is already listening on {path}")
+            path.unlink()  # stale: left by a daemon that died
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bind under a restrictive umask so the socket is never briefly world-accessible.
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, self.mode)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=2**16)
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+    async def close(self) -> None:
+        await self.stop_accepting()
+        for writer in list(self._writers):
+            writer.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            sock = writer.get_extra_info("socket")
+            peer = peer_credentials(sock)
+            if peer.uid not in self.allowed_uids:
+                log.warning("connection_refused", uid=peer.uid, pid=peer.pid)
+                err = PermissionDenied(f"uid {peer.uid} may not use this queuectld")
+                await _send(writer, Reply(0, error=ErrorBody(err.code, err.message)).to_wire())
+                return
+            if self.connections > self.max_connections:
+                err2 = Unavailable("queuectld has too many open connections; retry shortly")
+                await _send(writer, Reply(0, error=ErrorBody(err2.code, err2.message)).to_wire())
+                return
+            _caller.set(peer.uid)
+            hello = Hello.from_wire(await asyncio.wait_for(_read(reader), HANDSHAKE_TIMEOUT_S))
+            if hello.version != PROTOCOL_VERSION:
+                msg = f"protocol version {hello.version} is not supported (this daemon speaks 1)"
+                await _send(writer, Reply(0, error=ErrorBody(ProtocolError.code, msg)).to_wire())
+                return
+            await _send(writer, HelloReply(PROTOCOL_VERSION, f"queuectld {__version__}").to_wire())
+            limit = asyncio.Semaphore(MAX_IN_FLIGHT)
+            while True:
+                frame = await _read(reader)
+                await limit.acquire()
+                task = asyncio.create_task(self._answer(writer, frame, limit))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass  # the client went away or stalled
+        except ProtocolError as exc:
+            log.info("connection_dropped", reason=str(exc))
+        except Exception:
+            log.exception("connection_failed")
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.connections -= 1
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _answer(
+        self, writer: asyncio.StreamWriter, msg: dict[str, Any], limit: asyncio.Semaphore
+    ) -> None:
+        try:
+            reply = await self._reply_for(writer, msg)
+            try:
+                await _send(writer, reply.to_wire())
+            except ProtocolError as exc:  # the result does not fit in a frame
+                err = InvalidRequest(f"the reply is too large ({exc.message}); ask for less")
+                await _send(
+                    writer, Reply(reply.rid, error=ErrorBody(err.code, err.message)).to_wire()
+                )
+        except ConnectionError:
+            pass
+        finally:
+            limit.release()
+
+    async def _reply_for(self, writer: asyncio.StreamWriter, msg: dict[str, Any]) -> Reply:
+        raw_rid = msg.get("rid")
+        rid: int = raw_rid if isinstance(raw_rid, int) else 0
+        try:
+            req = Request.from_wire(msg)
+            rid = req.rid
+            args = parse_args(ARGS_BY_OP[req.op], req.args, req.op.value)
+            if self._is_stream(req):
+                async for event in self._stream(req, args):
+                    await _send(writer, EventFrame(rid, event).to_wire())
+                return Reply(rid, result=None)
+            return Reply(rid, result=await self._handle(req, args))
+        except QueuectlError as exc:
+            return Reply(rid, error=ErrorBody(exc.code, exc.message))
+        except ConnectionError:
+            raise
+        except Exception as exc:
+            log.exception("request_failed", rid=rid)
+            err = InternalError(f"internal error: {type(exc).__name__}; see the daemon log")
+            return Reply(rid, error=ErrorBody(err.code, err.message))
+
+
+async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
+    header = await reader.readexactly(HEADER.size)
+    length = frame_length(header)
+    body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT_S)
+    return unpack(body)
+
+
+async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
+    writer.write(pack(msg))
+    await writer.drain()
+
+
+def _answers(path: Path) -> bool:
+    """True if something accepts connections on the socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

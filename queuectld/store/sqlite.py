@@ -1,0 +1,371 @@
+"""The SQLite store: WAL journal, ``synchronous=FULL``, one connection on the store thread."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from queuectl.errors import Conflict, InternalError, NotFound, QueuectlError, StorageFull
+from queuectl.protocol import JobState
+from queuectld.jobs import Attempt, AttemptResult, Claim, Job, NewJob
+from queuectld.store.base import Store
+
+SCHEMA_VERSION = 1
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """Split a file of ``-- name: NAME`` blocks into a dict of named queries."""
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("-- name:"):
+            if name:
+                queries[name] = "\n".join(lines).strip()
+            name, lines = line.split(":", 1)[1].strip(), []
+        elif name is not None and not line.startswith("--"):
+            lines.append(line)
+    if name:
+        queries[name] = "\n".join(lines).strip()
+    return queries
+
+
+_SQL = resources.files("queuectld.store") / "sql"
+Q = load_queries((_SQL / "queries.sql").read_text())
+SCHEMA = (_SQL / "schema.sql").read_text()
+
+
+def _wrap(exc: sqlite3.Error) -> QueuectlError:
+    """Turn a driver error into one of ours; a full disk gets its own code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+        return StorageFull("the disk holding the queue database is full; free space and retry")
+    if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in str(exc):
+        return StorageFull("the queue database could not be written (I/O error); check the disk")
+    return InternalError(f"store error: {exc}")
+
+
+def _job(row: sqlite3.Row, history: tuple[Attempt, ...] = ()) -> Job:
+    return Job(
+        id=row["id"],
+        command=row["command"],
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        interruptions=row["interruptions"],
+        max_retries=row["max_retries"],
+        timeout=row["timeout"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        run_at=row["run_at"],
+        last_exit_code=row["last_exit_code"],
+        last_error=row["last_error"],
+        lease_owner=row["lease_owner"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        cwd=row["cwd"],
+        history=history,
+    )
+
+
+class SQLiteStore(Store):
+    """Queue state in one SQLite file. Not thread-safe: the daemon uses it from one thread."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._savepoints = 0
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise InternalError("the store is not open")
+        return self._db
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves (group commit).
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is synced at every commit, so an acknowledged enqueue survives
+            # power loss. Group commit keeps this cheap.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=5000")
+            self._db = db
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise _wrap(exc) from exc
+
+    def _migrate(self) -> None:
+        db = self.db
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        version = 0
+        if has_meta:
+            row = db.execute(Q["get_meta"], {"key": "schema_version"}).fetchone()
+            version = int(row["value"]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise InternalError(
+                f"{self.path} has schema version {version}, newer than this queuectld "
+                f"({SCHEMA_VERSION}); upgrade queuectld"
+            )
+        if version < SCHEMA_VERSION:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(SCHEMA):
+                    db.execute(statement)
+                db.execute(Q["set_meta"], {"key": "schema_version", "value": str(SCHEMA_VERSION)})
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # a checkpoint is an optimisation; the WAL is replayed on next open
+            self._db.close()
+            self._db = None
+
+    def schema_version(self) -> int:
+        row = self.db.execute(Q["get_meta"], {"key": "schema_version"}).fetchone()
+        return int(row["value"]) if row else 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _wrap(exc) from exc
+        try:
+            yield
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise _wrap(exc) from exc
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self.db.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.db.execute(f"ROLLBACK TO {name}")
+            self.db.execute(f"RELEASE {name}")
+            raise
+        else:
+            self.db.execute(f"RELEASE {name}")
+        finally:
+            self._savepoints -= 1
+
+    def _run(self, name: str, params: dict[str, Any] | None = None) -> sqlite3.Cursor:
+        try:
+            return self.db.execute(Q[name], params or {})
+        except sqlite3.Error as exc:
+            raise _wrap(exc) from exc
+
+    # -- jobs -----------------------------------------------------------------
+
+    def _next_generated_id(self) -> str:
+        row = self._run("get_meta", {"key": "next_job_number"}).fetchone()
+        number = int(row["value"]) if row else 1
+        while self._run("job_exists", {"id": str(number)}).fetchone():
+            number += 1
+        self._run("set_meta", {"key": "next_job_number", "value": str(number + 1)})
+        return str(number)
+
+    def insert_jobs(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
+        out: list[Job] = []
+        for new in jobs:
+            job_id = new.id if new.id is not None else self._next_generated_id()
+            params = {
+                "id": job_id,
+                "command": new.command,
+                "cwd": new.cwd,
+                "max_retries": new.max_retries,
+                "timeout": new.timeout,
+                "now": now,
+                "run_at": now if new.run_at is None else new.run_at,
+            }
+            try:
+                row = self.db.execute(Q["insert_job"], params).fetchone()
+            except sqlite3.IntegrityError:
+                raise Conflict(
+                    f"a job with id {job_id!r} already exists; choose another id"
+                ) from None
+            except sqlite3.Error as exc:
+                raise _wrap(exc) from exc
+            out.append(_job(row))
+        return out
+
+    def get_job(self, job_id: str, with_history: bool = False) -> Job | None:
+        row = self._run("get_job", {"id": job_id}).fetchone()
+        if row is None:
+            return None
+        history: tuple[Attempt, ...] = ()
+        if with_history:
+            history = tuple(
+                Attempt(
+                    attempt=a["attempt"],
+                    started_at=a["started_at"],
+                    finished_at=a["finished_at"],
+                    exit_code=a["exit_code"],
+                    outcome=a["outcome"],
+                    error=a["error"],
+                    worker=a["worker"],
+                )
+                for a in self._run("get_attempts", {"seq": row["seq"]})
+            )
+        return _job(row, history)
+
+    def list_jobs(self, state: JobState | None, limit: int, offset: int) -> list[Job]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state is None:
+            rows = self._run("list_jobs", params)
+        else:
+            rows = self._run("list_jobs_in_state", {**params, "state": state.value})
+        return [_job(r) for r in rows]
+
+    def count_by_state(self) -> dict[JobState, int]:
+        counts = {s: 0 for s in JobState}
+        for row in self._run("count_by_state"):
+            counts[JobState(row["state"])] = row["n"]
+        return counts
+
+    def claim_due(
+        self, owner: str, limit: int, now: float, default_timeout: float, lease_margin: float
+    ) -> list[Claim]:
+        seqs = [r["seq"] for r in self._run("select_due", {"now": now, "limit": limit})]
+        claims: list[Claim] = []
+        for seq in seqs:
+            token = secrets.token_hex(8)
+            params = {
+                "seq": seq,
+                "now": now,
+                "owner": owner,
+                "token": token,
+                "default_timeout": default_timeout,
+                "lease_margin": lease_margin,
+            }
+            row = self._run("lease_job", params).fetchone()
+            if row is None:
+                continue
+            attempt = row["runs"]
+            self._run(
+                "insert_attempt", {"seq": seq, "attempt": attempt, "owner": owner, "now": now}
+            )
+            claims.append(Claim(job=_job(row), attempt=attempt, lease_token=token))
+        return claims
+
+    def next_due_at(self) -> float | None:
+        row = self._run("next_due_at").fetchone()
+        return None if row is None else float(row["run_at"])
+
+    def finish_attempt(self, result: AttemptResult) -> bool:
+        row = self._run(
+            "finish_job",
+            {
+                "id": result.job_id,
+                "token": result.lease_token,
+                "state": result.next_state.value,
+                "attempts": result.attempts,
+                "interruptions": result.interruptions,
+                "run_at": result.run_at,
+                "now": result.finished_at,
+                "exit_code": result.exit_code,
+                "error": result.job_error or result.error,
+            },
+        ).fetchone()
+        if row is None:
+            return False
+        self._run(
+            "finish_attempt",
+            {
+                "seq": row["seq"],
+                "attempt": result.attempt,
+                "started_at": result.started_at,
+                "finished_at": result.finished_at,
+                "exit_code": result.exit_code,
+                "outcome": result.outcome,
+                "error": result.error,
+                "worker": result.worker,
+            },
+        )
+        return True
+
+    def leased_jobs(self, owner: str | None, expired_before: float | None) -> list[Claim]:
+        if owner is None:
+            rows = self._run("leased_jobs")
+        else:
+            rows = self._run("leased_jobs_of_owner", {"owner": owner})
+        claims = []
+        for row in rows:
+            if expired_before is not None and (row["lease_expires_at"] or 0) >= expired_before:
+                continue
+            claims.append(Claim(job=_job(row), attempt=row["runs"], lease_token=row["lease_token"]))
+        return claims
+
+    def retry_dead(self, job_id: str, now: float) -> Job:
+        row = self._run("retry_dead", {"id": job_id, "now": now}).fetchone()
+        if row is not None:
+            return _job(row)
+        job = self.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        raise Conflict(
+            f"job {job_id!r} is {job.state.value}, not dead; only jobs in the DLQ can be retried"
+        )
+
+    # -- settings -------------------------------------------------------------
+
+    def get_settings(self) -> dict[str, str]:
+        return {r["key"]: r["value"] for r in self._run("get_settings")}
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._run("set_setting", {"key": key, "value": value})
+
+    # -- metrics --------------------------------------------------------------
+
+    def attempt_stats(self) -> dict[str, float]:
+        stats: dict[str, float] = {}
+        for row in self._run("attempt_stats"):
+            outcome = row["outcome"] or "unknown"
+            stats[f"attempts_{outcome}"] = row["n"]
+            stats[f"mean_seconds_{outcome}"] = row["mean_s"] or 0.0
+            stats[f"max_seconds_{outcome}"] = row["max_s"] or 0.0
+        return stats
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a schema script into complete statements (triggers contain semicolons)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                yield buf.strip()
+            buf = ""
+    if buf.strip():
+        yield buf.strip()
