@@ -74,6 +74,11 @@ def cli(ctx: click.Context, socket: str | None, no_autostart: bool | None) -> No
 @click.option("--timeout", type=click.FloatRange(0.001), help="seconds before the job is stopped")
 @click.option("--delay", type=click.FloatRange(0), help="seconds to wait before the first run")
 @click.option(
+    "--not-idempotent",
+    is_flag=True,
+    help="if a run is cut short (crash, drain), mark the job dead instead of running it again",
+)
+@click.option(
     "--file",
     "from_file",
     type=click.File("r"),
@@ -88,6 +93,7 @@ def enqueue(
     max_retries: int | None,
     timeout: float | None,
     delay: float | None,
+    not_idempotent: bool,
     from_file: Any,
     as_json: bool,
     command: tuple[str, ...],
@@ -117,8 +123,10 @@ def enqueue(
         raise click.UsageError("give a job as JSON or a command after `--`")
     if len(command) == 1 and command[0].lstrip().startswith("{"):
         flags = (job_id, max_retries, timeout, delay)
-        if any(v is not None for v in flags):
-            raise click.UsageError("put id, max_retries, timeout and delay inside the JSON job")
+        if any(v is not None for v in flags) or not_idempotent:
+            raise click.UsageError(
+                "put id, max_retries, timeout, delay and idempotent inside the JSON job"
+            )
         spec = _parse_json_job(command[0], "the job")
     else:
         spec = {"command": command[0] if len(command) == 1 else shlex.join(command)}
@@ -130,6 +138,8 @@ def enqueue(
         ):
             if value is not None:
                 spec[key] = value
+        if not_idempotent:
+            spec["idempotent"] = False
     spec.setdefault("cwd", cwd)
     with c.client() as client:
         job = client.enqueue_spec(spec)

@@ -338,6 +338,8 @@ class EnqueueArgs:
     timeout: float | None = None
     delay: float | None = None
     cwd: str | None = None
+    # False: a run cut short by a crash or a drain ends the job (dead), never re-runs it.
+    idempotent: bool = True
 
     def validate(self) -> None:
         if self.cwd is not None and (not self.cwd.startswith("/") or "\x00" in self.cwd):
@@ -509,6 +511,8 @@ class JobView(TypedDict):
     id: str
     command: str
     cwd: str | None
+    owner_uid: int | None
+    idempotent: bool
     state: str
     attempts: int
     interruptions: int
@@ -558,6 +562,8 @@ class RunJob:
     kill_grace: float
     log_path: str
     log_max_bytes: int
+    # Run the job as this user (a root daemon serving several users); None: as the worker.
+    uid: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "run", **dataclasses.asdict(self)}

@@ -50,6 +50,8 @@ class DaemonConfig:
     log_max_bytes: int = 1024 * 1024
     socket_mode: str = "0600"
     allowed_uids: list[int] = field(default_factory=list)
+    # Members see and control every user's jobs (names or gids); others only their own.
+    admin_groups: list[str] = field(default_factory=list)
     max_connections: int = 512
     safety_poll: float = 5.0
 
@@ -129,6 +131,11 @@ def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
+    elif kind == list[str]:
+        if isinstance(value, str):
+            return [p for p in value.replace(",", " ").split() if p]
+        if isinstance(value, list) and all(isinstance(v, str | int) for v in value):
+            return [str(v) for v in value]
     elif kind == list[int]:
         if isinstance(value, str):
             parts = [p for p in value.replace(",", " ").split() if p]
@@ -142,6 +149,8 @@ def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
 
 
 def _kind_name(kind: Any) -> str:
+    if kind == list[str]:
+        return "a list of names"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
         kind, "a list of integers"
     )
@@ -163,6 +172,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "log_max_bytes": int,
     "socket_mode": str,
     "allowed_uids": list[int],
+    "admin_groups": list[str],
     "max_connections": int,
     "safety_poll": float,
 }

@@ -22,6 +22,7 @@ import structlog
 from queuectl.errors import QueuectlError, Unavailable
 from queuectl.protocol import Request
 from queuectld import handlers, procs, server
+from queuectld.access import AccessPolicy
 from queuectld.committer import Committer
 from queuectld.config import DaemonConfig, queue_settings
 from queuectld.dispatcher import Dispatcher
@@ -41,6 +42,7 @@ class Daemon:
         self.ready_fd = ready_fd
         self.notifier = Notifier()
         self.events = EventBus()
+        self.access = AccessPolicy(config.admin_groups)
         self.settings: dict[str, float | int] = {}
         self.draining = False
         self.started_monotonic = time.monotonic()

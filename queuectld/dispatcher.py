@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -55,6 +57,8 @@ class Dispatcher:
         self._settings = settings
         self.supervisor: Supervisor | None = None
         self.owner = config.node_id
+        # A root daemon serves several users: each job runs as the user who submitted it.
+        self.run_as_owner = os.geteuid() == 0
         self.paused = False
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -163,7 +167,9 @@ class Dispatcher:
             if not idle:
                 # Workers went away while we claimed: give the job straight back.
                 reason = "no worker left to run it"
-                await self._record(item, Outcome.INTERRUPTED, None, reason, now, now, None)
+                await self._record(
+                    item, Outcome.INTERRUPTED, None, reason, now, now, None, started=False
+                )
                 continue
             self._dispatch(idle.pop(0), item, default_timeout)
         if len(claims) == limit:
@@ -184,11 +190,17 @@ class Dispatcher:
             kill_grace=self.config.kill_grace,
             log_path=str(joblog.log_path(self.config.log_dir, job.id)),
             log_max_bytes=self.config.log_max_bytes,
+            uid=job.owner_uid if self.run_as_owner and job.owner_uid else None,
         )
         hung_after = timeout + self.config.kill_grace + self.config.lease_margin
         self._assignments[job.id] = Assignment(worker, claim, time.monotonic() + hung_after)
         self.events.publish(
-            "started", id=job.id, attempt=claim.attempt, command=job.command, worker=worker.name
+            "started",
+            id=job.id,
+            attempt=claim.attempt,
+            command=job.command,
+            worker=worker.name,
+            owner_uid=job.owner_uid,
         )
         log.debug("job_started", job_id=job.id, attempt=claim.attempt, worker=worker.name)
         self.supervisor.assign(worker, claim, run)
@@ -221,6 +233,7 @@ class Dispatcher:
         started_at: float,
         finished_at: float,
         worker: str | None,
+        started: bool = True,
     ) -> None:
         job = claim.job
         self._assignments.pop(job.id, None)
@@ -228,7 +241,14 @@ class Dispatcher:
         if max_retries is None:
             max_retries = int(self._settings()["max-retries"])
         step = next_step(
-            outcome, job.attempts, job.interruptions, max_retries, self.policy, finished_at
+            outcome,
+            job.attempts,
+            job.interruptions,
+            max_retries,
+            self.policy,
+            finished_at,
+            # A job that never reached a worker can always go back to the queue.
+            idempotent=job.idempotent or not started,
         )
         result = AttemptResult(
             job_id=job.id,
@@ -256,14 +276,17 @@ class Dispatcher:
         if not recorded:
             log.warning("late_result_refused", job_id=job.id, attempt=claim.attempt)
             return
-        self._announce(result, max_retries, error)
+        self._announce(result, max_retries, error, job.owner_uid)
         if step.state is JobState.FAILED:
             self.wake_at(step.run_at)
         elif step.state is JobState.PENDING:
             self.wake()
 
-    def _announce(self, result: AttemptResult, max_retries: int, error: str | None) -> None:
-        fields = {
+    def _announce(
+        self, result: AttemptResult, max_retries: int, error: str | None, owner_uid: int | None
+    ) -> None:
+        fields: dict[str, Any] = {
+            "owner_uid": owner_uid,
             "id": result.job_id,
             "attempt": result.attempt,
             "outcome": result.outcome,

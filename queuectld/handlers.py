@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from queuectl.errors import NotFound
 from queuectl.protocol import (
     ConfigKeyArgs,
     ConfigSetArgs,
@@ -30,7 +29,7 @@ from queuectl.protocol import (
     WorkersArgs,
     WorkersView,
 )
-from queuectld import __version__, joblog
+from queuectld import __version__, joblog, server
 from queuectld.config import QUEUE_SETTINGS, setting_for
 from queuectld.jobs import ACTIVE, Job, NewJob
 from queuectld.store.base import Store
@@ -51,6 +50,8 @@ def _new_job(args: EnqueueArgs, now: float) -> NewJob:
         timeout=args.timeout,
         run_at=now + args.delay if args.delay else None,
         cwd=args.cwd,
+        owner_uid=server.caller_uid(),
+        idempotent=args.idempotent,
     )
 
 
@@ -82,28 +83,28 @@ async def enqueue_batch(d: Daemon, args: EnqueueBatchArgs) -> dict[str, Any]:
 def _enqueued(d: Daemon, jobs: list[Job]) -> None:
     now = time.time()
     for job in jobs:
-        d.events.publish("enqueued", id=job.id, command=job.command)
+        d.events.publish("enqueued", id=job.id, command=job.command, owner_uid=job.owner_uid)
         if job.run_at > now:
             d.dispatcher.wake_at(job.run_at)
     d.dispatcher.wake()
     if len(jobs) == 1:
-        log.info("job_enqueued", job_id=jobs[0].id, uid=d.caller_uid())
+        log.info("job_enqueued", job_id=jobs[0].id, uid=server.caller_uid())
     else:
-        log.info("jobs_enqueued", count=len(jobs), uid=d.caller_uid())
+        log.info("jobs_enqueued", count=len(jobs), uid=server.caller_uid())
 
 
 async def get_job(d: Daemon, args: JobIdArgs) -> JobView:
     job = await d.committer.call(lambda s: s.get_job(args.id, with_history=True))
-    if job is None:
-        raise NotFound(f"no job with id {args.id!r}")
-    return _view(d, job)
+    return _view(d, d.access.check_job(server.caller(), job, args.id))
 
 
 async def list_jobs(d: Daemon, args: ListArgs) -> dict[str, Any]:
     state = JobState(args.state) if args.state else None
+    owner = d.access.scope(server.caller())
 
     def read(s: Store) -> tuple[list[Job], dict[JobState, int]]:
-        return s.list_jobs(state, args.limit, args.offset), s.count_by_state()
+        jobs = s.list_jobs(state, args.limit, args.offset, owner)
+        return jobs, s.count_by_state(owner)
 
     jobs, counts = await d.committer.call(read)
     total = counts[state] if state else sum(counts.values())
@@ -111,7 +112,8 @@ async def list_jobs(d: Daemon, args: ListArgs) -> dict[str, Any]:
 
 
 async def status(d: Daemon, args: NoArgs) -> StatusView:
-    counts = await d.committer.call(lambda s: s.count_by_state())
+    owner = d.access.scope(server.caller())
+    counts = await d.committer.call(lambda s: s.count_by_state(owner))
     return StatusView(
         counts={k.value: v for k, v in counts.items()},
         workers=_workers(d),
@@ -143,8 +145,9 @@ async def metrics(d: Daemon, args: NoArgs) -> dict[str, Any]:
 
 
 async def workers_set(d: Daemon, args: WorkersArgs) -> WorkersView:
+    d.access.require_admin(server.caller(), "change the number of workers")
     await d.committer.call(lambda s: s.set_setting(WORKERS_SETTING, str(args.count)))
-    log.info("workers_set", desired=args.count, uid=d.caller_uid())
+    log.info("workers_set", desired=args.count, uid=server.caller_uid())
     await d.supervisor.scale(args.count)
     d.dispatcher.wake()
     return _workers(d)
@@ -155,17 +158,20 @@ async def workers_stop(d: Daemon, args: NoArgs) -> WorkersView:
 
 
 async def dlq_retry(d: Daemon, args: JobIdArgs) -> JobView:
+    peer = server.caller()
+    if d.access.scope(peer) is not None:
+        owned = await d.committer.call(lambda s: s.get_job(args.id))
+        d.access.check_job(peer, owned, args.id)
     job = await d.committer.call(lambda s: s.retry_dead(args.id, time.time()))
-    log.info("dlq_retry", job_id=job.id, uid=d.caller_uid())
-    d.events.publish("enqueued", id=job.id, command=job.command)
+    log.info("dlq_retry", job_id=job.id, uid=server.caller_uid())
+    d.events.publish("enqueued", id=job.id, command=job.command, owner_uid=job.owner_uid)
     d.dispatcher.wake()
     return _view(d, job)
 
 
 async def logs(d: Daemon, args: LogsArgs) -> dict[str, Any]:
     job = await d.committer.call(lambda s: s.get_job(args.id))
-    if job is None:
-        raise NotFound(f"no job with id {args.id!r}")
+    d.access.check_job(server.caller(), job, args.id)
     path = joblog.log_path(d.config.log_dir, args.id)
     chunk = joblog.read_chunk(path, args.offset, args.max_bytes)
     if chunk is None:
@@ -185,9 +191,10 @@ async def config_get(d: Daemon, args: ConfigKeyArgs) -> dict[str, Any]:
 async def config_set(d: Daemon, args: ConfigSetArgs) -> dict[str, Any]:
     setting = setting_for(args.key)
     value = setting.check(args.value)
+    d.access.require_admin(server.caller(), "change queue settings")
     await d.committer.call(lambda s: s.set_setting(setting.key, str(value)))
     d.settings[setting.key] = value
-    log.info("config_set", key=setting.key, value=value, uid=d.caller_uid())
+    log.info("config_set", key=setting.key, value=value, uid=server.caller_uid())
     d.dispatcher.wake()
     return _setting_view(d, setting.key)
 
@@ -197,7 +204,8 @@ async def config_list(d: Daemon, args: NoArgs) -> list[dict[str, Any]]:
 
 
 async def shutdown(d: Daemon, args: NoArgs) -> dict[str, Any]:
-    log.info("shutdown_requested", uid=d.caller_uid())
+    d.access.require_admin(server.caller(), "stop the daemon")
+    log.info("shutdown_requested", uid=server.caller_uid())
     d.request_stop()
     return {"stopping": True}
 
@@ -205,10 +213,14 @@ async def shutdown(d: Daemon, args: NoArgs) -> dict[str, Any]:
 async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
     """Job events as they happen; with ``until_idle``, end once nothing is left to run."""
     queue = d.events.subscribe()
+    owner = d.access.scope(server.caller())
 
     async def idle() -> bool:
-        counts = await d.committer.call(lambda s: s.count_by_state())
+        counts = await d.committer.call(lambda s: s.count_by_state(owner))
         return sum(counts[s] for s in ACTIVE) == 0
+
+    def visible(event: dict[str, Any]) -> bool:
+        return owner is None or event.get("owner_uid") == owner
 
     try:
         if args.until_idle and await idle():
@@ -218,12 +230,14 @@ async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
             event = await queue.get()
             if event is None:
                 return
-            yield event
+            if visible(event):
+                yield event
             while not queue.empty():
                 more = queue.get_nowait()
                 if more is None:
                     return
-                yield more
+                if visible(more):
+                    yield more
             finished = event["type"] in ("completed", "failed", "dead", "pending")
             if args.until_idle and finished and await idle():
                 yield {"type": "idle", "time": time.time()}

@@ -58,10 +58,15 @@ def _section(data: bytes, dropped: int) -> bytes:
     return data
 
 
-def append(path: str | os.PathLike[str], block: bytes) -> None:
-    """Append one block with a single write (O_APPEND), creating the file 0640."""
+def append(path: str | os.PathLike[str], block: bytes, owner_uid: int | None = None) -> None:
+    """Append one block with a single write (O_APPEND), creating the file 0640.
+
+    A root worker running a job for another user gives that user the file.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
+        if owner_uid is not None:
+            os.fchown(fd, owner_uid, -1)
         view = memoryview(block)
         while view:
             written = os.write(fd, view)

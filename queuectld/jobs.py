@@ -38,6 +38,8 @@ class NewJob:
     timeout: float | None = None
     run_at: float | None = None
     cwd: str | None = None
+    owner_uid: int | None = None
+    idempotent: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class Job:
     lease_token: str | None = None
     lease_expires_at: float | None = None
     cwd: str | None = None
+    owner_uid: int | None = None
+    idempotent: bool = True
     history: tuple[Attempt, ...] = field(default=())
 
     def view(self, default_max_retries: int, default_timeout: float) -> JobView:
@@ -93,6 +97,8 @@ class Job:
             id=self.id,
             command=self.command,
             cwd=self.cwd,
+            owner_uid=self.owner_uid,
+            idempotent=self.idempotent,
             state=self.state.value,
             attempts=self.attempts,
             interruptions=self.interruptions,

@@ -9,25 +9,70 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 
 SHELL = "/bin/sh"
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who a job runs as when a root daemon runs it for another user."""
+
+    uid: int
+    gid: int
+    groups: list[int]
+    env: dict[str, str]
+
+
+def identity_of(uid: int) -> Identity:
+    """The user's primary group, supplementary groups and login variables (HOME, USER...)."""
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        # A uid without a passwd entry still gets its own uid, and nothing more.
+        return Identity(uid, uid, [], {"HOME": "/", "USER": str(uid), "LOGNAME": str(uid)})
+    groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
+    env = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
+    return Identity(uid, pw.pw_gid, groups, env)
+
+
 def spawn_job(
-    command: str, stdout: int, stderr: int, env: dict[str, str]
+    command: str,
+    stdout: int,
+    stderr: int,
+    env: dict[str, str],
+    as_user: Identity | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``sh -c command`` with stdin from /dev/null, leading a new process group."""
+    """Start ``sh -c command`` with stdin from /dev/null, leading a new process group.
+
+    With ``as_user`` (only possible for a root worker) the shell runs with that user's
+    uid, gid and supplementary groups, and its HOME/USER/LOGNAME.
+    """
+    if as_user is None:
+        return subprocess.Popen(
+            [SHELL, "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
     return subprocess.Popen(
         [SHELL, "-c", command],
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
-        env=env,
+        env={**env, **as_user.env},
         start_new_session=True,
         close_fds=True,
+        user=as_user.uid,
+        group=as_user.gid,
+        extra_groups=as_user.groups,
     )
 
 

@@ -45,17 +45,22 @@ def next_step(
     max_retries: int,
     policy: RetryPolicy,
     now: float,
+    idempotent: bool = True,
 ) -> NextStep:
     """Decide the job's next state from the outcome and its counters before this attempt.
 
     ``attempts`` counts charged attempts (a completion or a failure); an interruption
     (worker died, daemon crashed, drain deadline) is counted on its own and does not
     use up a retry, but too many of them make the job dead rather than crash-looping.
+    A job that is not ``idempotent`` goes dead at its first interruption instead.
     """
     if outcome is Outcome.COMPLETED:
         return NextStep(JobState.COMPLETED, attempts + 1, interruptions, now, None)
     if outcome is Outcome.INTERRUPTED:
         interruptions += 1
+        if not idempotent:
+            reason = "interrupted while running; not re-run because the job is not idempotent"
+            return NextStep(JobState.DEAD, attempts, interruptions, now, reason)
         if interruptions > policy.max_interruptions:
             reason = f"interrupted {interruptions} times (limit {policy.max_interruptions})"
             return NextStep(JobState.DEAD, attempts, interruptions, now, reason)

@@ -53,19 +53,40 @@ HANDSHAKE_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
 MAX_IN_FLIGHT = 256
 
-_caller: contextvars.ContextVar[int | None] = contextvars.ContextVar("caller_uid", default=None)
+@dataclass(frozen=True)
+class Peer:
+    """A connected client as the kernel reports it (SO_PEERCRED), never as it claims."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    def groups(self) -> set[int]:
+        """The peer's primary and supplementary group ids (from /proc, read at connect)."""
+        gids = {self.gid}
+        try:
+            with open(f"/proc/{self.pid}/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("Groups:"):
+                        gids.update(int(g) for g in line.split()[1:])
+                        break
+        except OSError:
+            pass  # the peer already exited: only its primary group is known
+        return gids
+
+
+_caller: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("caller", default=None)
+
+
+def caller() -> Peer | None:
+    """The client whose request is being handled."""
+    return _caller.get()
 
 
 def caller_uid() -> int | None:
     """The uid of the client whose request is being handled (from SO_PEERCRED)."""
-    return _caller.get()
-
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
+    peer = _caller.get()
+    return None if peer is None else peer.uid
 
 
 def peer_credentials(sock: socket.socket) -> Peer:
@@ -153,7 +174,7 @@ class ControlServer:
                 err2 = Unavailable("queuectld has too many open connections; retry shortly")
                 await _send(writer, Reply(0, error=ErrorBody(err2.code, err2.message)).to_wire())
                 return
-            _caller.set(peer.uid)
+            _caller.set(peer)
             hello = Hello.from_wire(await asyncio.wait_for(_read(reader), HANDSHAKE_TIMEOUT_S))
             if hello.version != PROTOCOL_VERSION:
                 msg = f"protocol version {hello.version} is not supported (this daemon speaks 1)"

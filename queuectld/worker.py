@@ -124,7 +124,8 @@ def run_job(job: RunJob, channel: Channel, env: dict[str, str]) -> JobFinished:
         except OSError as exc:
             raise _StartError(f"cannot enter working directory {job.cwd}: {exc.strerror}") from None
         try:
-            proc = procs.spawn_job(job.command, out_w, err_w, job_env)
+            as_user = procs.identity_of(job.uid) if job.uid is not None else None
+            proc = procs.spawn_job(job.command, out_w, err_w, job_env, as_user)
         except OSError as exc:
             raise _StartError(f"cannot start /bin/sh: {exc.strerror}") from None
     except _StartError as exc:
@@ -257,7 +258,7 @@ def _write_log(
         stderr_dropped=err.dropped,
     )
     try:
-        joblog.append(job.log_path, block)
+        joblog.append(job.log_path, block, owner_uid=job.uid)
     except OSError as exc:
         return f"job log not written: {exc.strerror}"
     return None

@@ -54,12 +54,14 @@ class Store(abc.ABC):
         """One job, optionally with its attempts history; ``None`` if unknown."""
 
     @abc.abstractmethod
-    def list_jobs(self, state: JobState | None, limit: int, offset: int) -> list[Job]:
-        """Jobs (of one state, or all) in the order they were enqueued."""
+    def list_jobs(
+        self, state: JobState | None, limit: int, offset: int, owner_uid: int | None = None
+    ) -> list[Job]:
+        """Jobs (of one state, or all; of one owner, or everyone's) in enqueue order."""
 
     @abc.abstractmethod
-    def count_by_state(self) -> dict[JobState, int]:
-        """How many jobs are in each state (every state present, zeros included)."""
+    def count_by_state(self, owner_uid: int | None = None) -> dict[JobState, int]:
+        """How many jobs (of one owner, or all) are in each state, zeros included."""
 
     @abc.abstractmethod
     def claim_due(

@@ -69,6 +69,8 @@ def _job(row: sqlite3.Row, history: tuple[Attempt, ...] = ()) -> Job:
         lease_token=row["lease_token"],
         lease_expires_at=row["lease_expires_at"],
         cwd=row["cwd"],
+        owner_uid=row["owner_uid"],
+        idempotent=bool(row["idempotent"]),
         history=history,
     )
 
@@ -202,6 +204,8 @@ class SQLiteStore(Store):
                 "id": job_id,
                 "command": new.command,
                 "cwd": new.cwd,
+                "owner_uid": new.owner_uid,
+                "idempotent": int(new.idempotent),
                 "max_retries": new.max_retries,
                 "timeout": new.timeout,
                 "now": now,
@@ -238,17 +242,23 @@ class SQLiteStore(Store):
             )
         return _job(row, history)
 
-    def list_jobs(self, state: JobState | None, limit: int, offset: int) -> list[Job]:
-        params: dict[str, Any] = {"limit": limit, "offset": offset}
-        if state is None:
-            rows = self._run("list_jobs", params)
-        else:
-            rows = self._run("list_jobs_in_state", {**params, "state": state.value})
-        return [_job(r) for r in rows]
+    def list_jobs(
+        self, state: JobState | None, limit: int, offset: int, owner_uid: int | None = None
+    ) -> list[Job]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "owner_uid": owner_uid}
+        query = "list_jobs" if owner_uid is None else "list_jobs_of_owner"
+        if state is not None:
+            query += "_in_state"
+            params["state"] = state.value
+        return [_job(r) for r in self._run(query, params)]
 
-    def count_by_state(self) -> dict[JobState, int]:
+    def count_by_state(self, owner_uid: int | None = None) -> dict[JobState, int]:
         counts = {s: 0 for s in JobState}
-        for row in self._run("count_by_state"):
+        if owner_uid is None:
+            rows = self._run("count_by_state")
+        else:
+            rows = self._run("count_by_state_of_owner", {"owner_uid": owner_uid})
+        for row in rows:
             counts[JobState(row["state"])] = row["n"]
         return counts
 

@@ -11,8 +11,10 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 SELECT 1 FROM jobs WHERE id = :id;
 
 -- name: insert_job
-INSERT INTO jobs (id, command, cwd, state, max_retries, timeout, created_at, updated_at, run_at)
-VALUES (:id, :command, :cwd, 'pending', :max_retries, :timeout, :now, :now, :run_at)
+INSERT INTO jobs (id, command, cwd, owner_uid, idempotent, state, max_retries, timeout,
+                  created_at, updated_at, run_at)
+VALUES (:id, :command, :cwd, :owner_uid, :idempotent, 'pending', :max_retries, :timeout,
+        :now, :now, :run_at)
 RETURNING *;
 
 -- name: get_job
@@ -27,8 +29,18 @@ SELECT * FROM jobs ORDER BY seq LIMIT :limit OFFSET :offset;
 -- name: list_jobs_in_state
 SELECT * FROM jobs WHERE state = :state ORDER BY seq LIMIT :limit OFFSET :offset;
 
+-- name: list_jobs_of_owner
+SELECT * FROM jobs WHERE owner_uid = :owner_uid ORDER BY seq LIMIT :limit OFFSET :offset;
+
+-- name: list_jobs_of_owner_in_state
+SELECT * FROM jobs INDEXED BY jobs_owner
+WHERE owner_uid = :owner_uid AND state = :state ORDER BY seq LIMIT :limit OFFSET :offset;
+
 -- name: count_by_state
 SELECT state, n FROM job_counts;
+
+-- name: count_by_state_of_owner
+SELECT state, COUNT(*) AS n FROM jobs WHERE owner_uid = :owner_uid GROUP BY state;
 
 -- name: select_due
 SELECT seq FROM jobs INDEXED BY jobs_due

@@ -16,6 +16,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     id               TEXT NOT NULL UNIQUE,
     command          TEXT NOT NULL,
     cwd              TEXT,                        -- where the command runs (NULL: daemon's home)
+    owner_uid        INTEGER,                     -- who enqueued it (peer credentials)
+    idempotent       INTEGER NOT NULL DEFAULT 1,  -- 0: never re-run after an interruption
     state            TEXT NOT NULL
                      CHECK (state IN ('pending', 'processing', 'completed', 'failed', 'dead')),
     attempts         INTEGER NOT NULL DEFAULT 0,  -- charged attempts (completions, failures)
@@ -37,6 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- and it is a B-tree descent, not a scan, however many jobs are waiting.
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at, seq) WHERE state IN ('pending', 'failed');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner_uid, state, seq);
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_owner, lease_expires_at)
     WHERE state = 'processing';
 
