@@ -49,6 +49,8 @@ class DaemonConfig:
     lease_margin: float = 30.0
     log_max_bytes: int = 1024 * 1024
     socket_mode: str = "0600"
+    # Group given to the socket (with socket_mode 0660, its members may use the queue).
+    socket_group: str = ""
     allowed_uids: list[int] = field(default_factory=list)
     # Members see and control every user's jobs (names or gids); others only their own.
     admin_groups: list[str] = field(default_factory=list)
@@ -171,6 +173,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "lease_margin": float,
     "log_max_bytes": int,
     "socket_mode": str,
+    "socket_group": str,
     "allowed_uids": list[int],
     "admin_groups": list[str],
     "max_connections": int,

@@ -96,6 +96,7 @@ class Daemon:
             self._stream,
             lambda req: req.op in handlers.STREAMS,
         )
+        self.server.group = cfg.socket_group
         await self.server.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)

@@ -181,16 +181,18 @@ class Dispatcher:
         assert self.supervisor is not None
         job = claim.job
         timeout = job.timeout if job.timeout is not None else default_timeout
+        uid = job.owner_uid if self.run_as_owner and job.owner_uid else None
+        cwd = job.cwd or (procs.identity_of(uid).env["HOME"] if uid else self.config.home)
         run = RunJob(
             job_id=job.id,
             attempt=claim.attempt,
             command=job.command,
-            cwd=job.cwd or self.config.home,
+            cwd=cwd,
             timeout=timeout,
             kill_grace=self.config.kill_grace,
             log_path=str(joblog.log_path(self.config.log_dir, job.id)),
             log_max_bytes=self.config.log_max_bytes,
-            uid=job.owner_uid if self.run_as_owner and job.owner_uid else None,
+            uid=uid,
         )
         hung_after = timeout + self.config.kill_grace + self.config.lease_margin
         self._assignments[job.id] = Assignment(worker, claim, time.monotonic() + hung_after)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import grp
 import os
 import socket
 import stat
@@ -116,6 +117,7 @@ class ControlServer:
         self.path = path
         self.mode = mode
         self.allowed_uids = {os.getuid(), 0, *allowed_uids}
+        self.group = ""  # socket group name or gid; set by the daemon from socket_group
         self.max_connections = max_connections
         self._handle = handle
         self._stream = stream
@@ -128,6 +130,13 @@ class ControlServer:
         """Bind the socket (replacing a stale one) with the right mode, and listen."""
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        parent = path.parent.stat()
+        if parent.st_mode & stat.S_IWOTH:
+            # Anyone could replace the socket there and collect the commands sent to it.
+            raise Unavailable(
+                f"the socket's directory {path.parent} is writable by others; "
+                "put the socket in a directory only its owner can write"
+            )
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise Unavailable(f"{path} exists and is not a socket; remove it or pick another")
@@ -142,6 +151,8 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(path, self.mode)
+        if self.group:
+            os.chown(path, -1, _gid(self.group))
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=2**16)
 
     async def stop_accepting(self) -> None:
@@ -250,6 +261,16 @@ async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
 async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
     writer.write(pack(msg))
     await writer.drain()
+
+
+def _gid(group: str) -> int:
+    """A group name or number as a gid; an unknown name is a configuration error."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise Unavailable(f"socket_group {group!r} does not exist") from None
 
 
 def _answers(path: Path) -> bool:
