@@ -19,7 +19,7 @@ import click
 from queuectl import render
 from queuectl.client import Client
 from queuectl.errors import QueuectlError
-from queuectl.protocol import JobState
+from queuectl.protocol import MAX_BATCH_JOBS, JobState
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,7 +68,15 @@ def cli(ctx: click.Context, socket: str | None, no_autostart: bool | None) -> No
 # -- enqueue ---------------------------------------------------------------------
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
+class _EnqueueCommand(click.Command):
+    """Notes whether the job came after ``--``: then it is a shell command, never JSON."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["queuectl.after_dashes"] = "--" in args
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_EnqueueCommand, context_settings={"ignore_unknown_options": False})
 @click.option("--id", "job_id", help="job id (default: a generated number)")
 @click.option("--max-retries", type=click.IntRange(0, 1000), help="retries before the DLQ")
 @click.option("--timeout", type=click.FloatRange(0.001), help="seconds before the job is stopped")
@@ -82,7 +90,8 @@ def cli(ctx: click.Context, socket: str | None, no_autostart: bool | None) -> No
     "--file",
     "from_file",
     type=click.File("r"),
-    help="enqueue every job of a JSON-lines file ('-' for stdin) in one transaction",
+    help="enqueue every job of a JSON-lines file ('-' for stdin); up to "
+    f"{MAX_BATCH_JOBS} jobs go in one transaction (all stored or none)",
 )
 @json_option
 @click.argument("command", nargs=-1, required=False)
@@ -115,13 +124,19 @@ def enqueue(
             spec.setdefault("cwd", cwd)
         with c.client() as client:
             ids: list[str] = []
-            for start in range(0, len(specs), 5000):
-                ids += client.enqueue_batch(specs[start : start + 5000])
+            for start in range(0, len(specs), MAX_BATCH_JOBS):
+                try:
+                    ids += client.enqueue_batch(specs[start : start + MAX_BATCH_JOBS])
+                except QueuectlError as exc:
+                    if ids:  # earlier transactions are committed: say so
+                        exc.message += f" (the file's first {len(ids)} jobs were enqueued)"
+                    raise
         emit({"count": len(ids), "ids": ids}, as_json, lambda r: f"enqueued {r['count']} jobs")
         return
     if not command:
         raise click.UsageError("give a job as JSON or a command after `--`")
-    if len(command) == 1 and command[0].lstrip().startswith("{"):
+    after_dashes = click.get_current_context().meta.get("queuectl.after_dashes", False)
+    if len(command) == 1 and not after_dashes and command[0].lstrip().startswith("{"):
         flags = (job_id, max_retries, timeout, delay)
         if any(v is not None for v in flags) or not_idempotent:
             raise click.UsageError(

@@ -83,7 +83,13 @@ class Op(enum.StrEnum):
 
 def pack(obj: Mapping[str, Any]) -> bytes:
     """Encode one message as a length-prefixed frame."""
-    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    try:
+        body: bytes = msgpack.packb(obj, use_bin_type=True)
+    except UnicodeEncodeError:
+        # Text from argv or JSON may hold undecodable bytes (as lone surrogates).
+        raise InvalidRequest(
+            "the request holds text that is not valid UTF-8; commands and ids must be UTF-8"
+        ) from None
     if len(body) > MAX_FRAME_BYTES:
         raise ProtocolError(
             f"message of {len(body)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
@@ -107,6 +113,8 @@ def unpack(body: bytes) -> dict[str, Any]:
         raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("a frame must hold a map")
+    if not all(isinstance(key, str) for key in obj):
+        raise ProtocolError("a frame's map keys must be strings")
     return obj
 
 
@@ -286,11 +294,24 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
 T = TypeVar("T")
 
 
+_SCHEMAS: dict[type[Any], tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]] = {}
+
+
+def _schema(cls: type[Any]) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """A request class's type hints and fields, worked out once (a batch parses thousands)."""
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        schema = _SCHEMAS[cls] = (typing.get_type_hints(cls), fields)
+    return schema
+
+
 def parse_args(cls: type[T], args: Mapping[str, Any], what: str | None = None) -> T:
     """Build the dataclass ``cls`` from a wire map, refusing unknown/missing/mistyped fields."""
     label = what or getattr(cls, "label", cls.__name__)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints, fields = _schema(cls)
+    if not all(isinstance(key, str) for key in args):
+        raise InvalidRequest(f"field names in {label} must be strings")
     unknown = sorted(set(args) - set(fields))
     if unknown:
         known = ", ".join(fields) or "none"

@@ -12,9 +12,14 @@ Two kinds of configuration live here:
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import grp
+import json
 import math
 import os
+import re
 import socket
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +57,8 @@ class DaemonConfig:
     # Group given to the socket (with socket_mode 0660, its members may use the queue).
     socket_group: str = ""
     allowed_uids: list[int] = field(default_factory=list)
+    # Members of these groups (names or gids) may use the socket, as allowed_uids may.
+    allowed_groups: list[str] = field(default_factory=list)
     # Members see and control every user's jobs (names or gids); others only their own.
     admin_groups: list[str] = field(default_factory=list)
     max_connections: int = 512
@@ -70,29 +77,70 @@ class DaemonConfig:
             node_id=self.node_id or socket.gethostname(),
         )
 
-    def validate(self) -> None:
-        """Refuse values that cannot work, with one sentence naming the key."""
+    def problems(self) -> list[tuple[str, str]]:
+        """What cannot work, as ``(key, one sentence)`` pairs; empty when all is well."""
+        out: list[tuple[str, str]] = []
         if self.log_level not in LOG_LEVELS:
-            raise InvalidRequest(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-        if self.log_format not in ("json", "console"):
-            raise InvalidRequest("log_format must be 'json' or 'console'")
+            levels = ", ".join(LOG_LEVELS)
+            out.append(("log_level", f"log_level must be one of {levels}, not {self.log_level!r}"))
+        if self.log_format not in LOG_FORMATS:
+            msg = f"log_format must be 'json' or 'console', not {self.log_format!r}"
+            out.append(("log_format", msg))
         for key in ("drain_timeout", "kill_grace", "lease_margin", "safety_poll"):
-            if getattr(self, key) < 0:
-                raise InvalidRequest(f"{key} must not be negative")
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0:
+                out.append((key, f"{key} must be a number of seconds, not negative"))
         if self.workers < 0:
-            raise InvalidRequest("workers must not be negative")
+            out.append(("workers", "workers must not be negative"))
         if self.log_max_bytes < 1024:
-            raise InvalidRequest("log_max_bytes must be at least 1024")
+            out.append(("log_max_bytes", "log_max_bytes must be at least 1024"))
         if self.max_connections < 1:
-            raise InvalidRequest("max_connections must be at least 1")
+            out.append(("max_connections", "max_connections must be at least 1"))
         try:
             mode = int(self.socket_mode, 8)
         except ValueError:
-            raise InvalidRequest("socket_mode must be an octal mode such as '0600'") from None
-        if mode & 0o007:
-            raise InvalidRequest("socket_mode must not grant access to others (use 0600 or 0660)")
+            out.append(("socket_mode", "socket_mode must be an octal mode such as '0600'"))
+        else:
+            if mode & 0o007 or mode & ~0o777:
+                msg = "socket_mode must not grant access to others (use 0600 or 0660)"
+                out.append(("socket_mode", msg))
+        for key, kind in PATH_KEYS.items():
+            problem = _path_problem(key, getattr(self, key), kind)
+            if problem:
+                out.append((key, problem))
         if len(os.fsencode(self.socket)) >= 108:
-            raise InvalidRequest(f"socket path {self.socket!r} is longer than Unix sockets allow")
+            out.append(("socket", f"socket path {self.socket!r} is longer than Unix sockets allow"))
+        for key in ("allowed_groups", "socket_group"):
+            value = getattr(self, key)
+            for name in value if isinstance(value, list) else [value] if value else []:
+                if group_id(name) is None:
+                    out.append((key, f"{key}: there is no group {name!r}"))
+        return out
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """Values that work but probably do not do what was meant."""
+        out: list[tuple[str, str]] = []
+        try:
+            mode = int(self.socket_mode, 8)
+        except ValueError:
+            return out
+        granted = {group_id(g) for g in self.allowed_groups}
+        group = group_id(self.socket_group) if self.socket_group else None
+        if mode & 0o060 and group is not None and group not in granted and not self.allowed_uids:
+            out.append(
+                (
+                    "allowed_groups",
+                    f"socket_mode {self.socket_mode} lets group {self.socket_group!r} open the "
+                    "socket, but it is not in allowed_groups: its members will be refused",
+                )
+            )
+        return out
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming every value that cannot work."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError([Problem("", message) for _, message in problems])
 
     @property
     def socket_mode_bits(self) -> int:
@@ -100,6 +148,7 @@ class DaemonConfig:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
 
 
 def _path(value: str, default: Path | None) -> str:
@@ -108,55 +157,19 @@ def _path(value: str, default: Path | None) -> str:
     return str(default) if default is not None else ""
 
 
-def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
-    if kind is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-        elif isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    elif kind == list[str]:
-        if isinstance(value, str):
-            return [p for p in value.replace(",", " ").split() if p]
-        if isinstance(value, list) and all(isinstance(v, str | int) for v in value):
-            return [str(v) for v in value]
-    elif kind == list[int]:
-        if isinstance(value, str):
-            parts = [p for p in value.replace(",", " ").split() if p]
-            if all(p.isdigit() for p in parts):
-                return [int(p) for p in parts]
-        elif isinstance(value, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            return value
-    raise InvalidRequest(f"{source}: {key} has the wrong type; expected {_kind_name(kind)}")
+# Path keys and what each must be if it already exists.
+PATH_KEYS: dict[str, str] = {
+    "home": "directory",
+    "socket": "socket",
+    "database": "file",
+    "log_dir": "directory",
+    "log_file": "file",
+}
 
-
-def _kind_name(kind: Any) -> str:
-    if kind == list[str]:
-        return "a list of names"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
-        kind, "a list of integers"
-    )
-
+# Keys a SIGHUP cannot change in a running daemon: they name what it has open.
+RESTART_KEYS = frozenset(
+    {"home", "socket", "database", "log_dir", "node_id", "socket_mode", "socket_group"}
+)
 
 _FIELD_TYPES: dict[str, Any] = {
     "home": str,
@@ -175,17 +188,242 @@ _FIELD_TYPES: dict[str, Any] = {
     "socket_mode": str,
     "socket_group": str,
     "allowed_uids": list[int],
+    "allowed_groups": list[str],
     "admin_groups": list[str],
     "max_connections": int,
     "safety_poll": float,
 }
 
 
-def _apply(values: dict[str, Any], raw: Mapping[str, Any], source: str) -> None:
-    for key, value in raw.items():
+def group_id(name: str) -> int | None:
+    """A group name or number as a gid; None for a name no group has."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def _path_problem(key: str, value: str, kind: str) -> str | None:
+    """Why ``value`` cannot serve as ``key`` (a path of ``kind``), or None."""
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        return f"{key} must be an absolute path (or start with ~), not {value!r}"
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"{key}: {parent} is not a directory"
+                break
+        return None  # created at start
+    except OSError as exc:
+        return f"{key}: cannot use {value}: {exc.strerror}"
+    if kind == "directory" and not stat.S_ISDIR(st.st_mode):
+        return f"{key}: {value} exists and is not a directory"
+    if kind == "file" and stat.S_ISDIR(st.st_mode):
+        return f"{key}: {value} is a directory"
+    if kind == "socket" and not stat.S_ISSOCK(st.st_mode):
+        return f"{key}: {value} exists and is not a socket"
+    return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration and where it was set (``file:line``...)."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class ConfigError(InvalidRequest):
+    """The configuration cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def _kind_name(kind: Any) -> str:
+    if kind == list[str]:
+        return "a list of names or numbers"
+    if kind == list[int]:
+        return "a list of integers"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    for kind, name in (
+        (str, "a string"),
+        (int, "an integer"),
+        (float, "a number"),
+        (list, "a list"),
+        (dict, "a table"),
+    ):
+        if isinstance(value, kind):
+            return f"{name} ({value!r})" if kind in (str, int, float) else name
+    return type(value).__name__
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLS.update({"0": False, "false": False, "no": False, "off": False})
+
+
+def _coerce(key: str, value: Any, kind: Any, from_text: bool) -> Any:
+    """``value`` as ``kind``. Text (environment, flags) is parsed; TOML values must fit.
+
+    Raises ValueError with one sentence naming the key and what was expected.
+    """
+    given = repr(value) if from_text and isinstance(value, str) else _type_name(value)
+    wrong = ValueError(f"{key} must be {_kind_name(kind)}, not {given}")
+    if from_text and isinstance(value, str) and kind is not str:
+        parts = [p for p in value.replace(",", " ").split() if p]
+        try:
+            if kind is int:
+                return int(value.strip())
+            if kind is float:
+                return float(value.strip())
+            if kind is bool:
+                return _BOOLS[value.strip().lower()]
+            if kind == list[int]:
+                return [int(p) for p in parts]
+            if kind == list[str]:
+                return parts
+        except (ValueError, KeyError):
+            raise wrong from None
+    if isinstance(value, bool):
+        if kind is bool:
+            return value
+        raise wrong
+    if kind is int and isinstance(value, int):
+        return value
+    if kind is float and isinstance(value, int | float):
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    if isinstance(value, list) and kind in (list[int], list[str]):
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if kind == list[int] and ints:
+            return list(value)
+        if kind == list[str] and all(
+            isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in value
+        ):
+            return [str(v) for v in value]
+    raise wrong
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The line that sets top-level ``key`` (``key =``, ``"key" =``, ``[key]``, ``key.x =``)."""
+    k = re.escape(key)
+    pattern = rf"""^[ \t]*\[?[ \t]*(?:{k}|"{k}"|'{k}')[ \t]*[=.\]]"""
+    match = re.search(pattern, text, re.MULTILINE)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def _toml_problem(path: str, exc: tomllib.TOMLDecodeError, text: str) -> Problem:
+    """A TOML syntax error as ``path:line: what (column n)``."""
+    message = str(exc)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+    if match:
+        what = message[: match.start()] + f" (column {match.group(2)})"
+        return Problem(f"{path}:{match.group(1)}", what)
+    match = re.search(r"\s*\(at end of document\)", message)
+    if match:
+        last = len(text.rstrip("\n").split("\n"))
+        return Problem(f"{path}:{last}", message[: match.start()] + " (at the end of the file)")
+    return Problem(path, message)
+
+
+@dataclass
+class Explained:
+    """The effective configuration, where each value came from, and what looks wrong."""
+
+    config: DaemonConfig
+    origins: dict[str, str]
+    warnings: list[Problem]
+    path: str
+
+
+def explain_config(path: str | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> Explained:
+    """Build the effective configuration: defaults < file < environment < flags.
+
+    Every problem found is reported at once (:class:`ConfigError`), each with where
+    the value was set: ``file:line``, the environment variable, or the flag.
+    """
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    warnings: list[Problem] = []
+
+    def take(key: str, value: Any, where: str, from_text: bool) -> None:
         if key not in _FIELD_TYPES:
-            raise InvalidRequest(f"{source}: unknown key {key!r}")
-        values[key] = _coerce(key, value, _FIELD_TYPES[key], source)
+            close = difflib.get_close_matches(key, list(_FIELD_TYPES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(Problem(where, f"unknown key {key!r}{hint}"))
+            return
+        try:
+            value = _coerce(key, value, _FIELD_TYPES[key], from_text)
+        except ValueError as exc:
+            problems.append(Problem(where, str(exc)))
+            return
+        if from_text and key in PATH_KEYS and value:
+            # Relative to where the daemon was started, not to where it later runs.
+            value = os.path.abspath(os.path.expanduser(value))
+        values[key] = value
+        origins[key] = where
+
+    config_path = path or env.get("QUEUECTLD_CONFIG") or ""
+    if config_path:
+        try:
+            text = Path(config_path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            missing = Problem(config_path, "the configuration file does not exist")
+            raise ConfigError([missing]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([Problem(config_path, f"cannot read it: {exc}")]) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([_toml_problem(config_path, exc, text)]) from None
+        for key, value in data.items():
+            line = _line_of(text, key)
+            take(key, value, f"{config_path}:{line}" if line else config_path, False)
+    if env.get("QUEUECTL_HOME"):
+        take("home", env["QUEUECTL_HOME"], "environment QUEUECTL_HOME", True)
+    if env.get("QUEUECTL_SOCKET"):
+        take("socket", env["QUEUECTL_SOCKET"], "environment QUEUECTL_SOCKET", True)
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == "QUEUECTLD_CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in _FIELD_TYPES:
+            take(key, env[name], f"environment {name}", True)
+        else:
+            warnings.append(Problem(f"environment {name}", "not a queuectld setting; ignored"))
+    for key, value in flags.items():
+        if value is not None:
+            take(key, value, "--" + key.replace("_", "-"), True)
+    # Values of the wrong type were left out: check the rest too, to report everything.
+    config = DaemonConfig(**values).resolved()
+    problems += [Problem(origins.get(k, ""), message) for k, message in config.problems()]
+    if problems:
+        raise ConfigError(sorted(problems, key=_problem_order))
+    warnings += [Problem(origins.get(k, ""), message) for k, message in config.warnings()]
+    return Explained(config, origins, warnings, config_path)
+
+
+def _problem_order(problem: Problem) -> tuple[str, int]:
+    where, _, line = problem.where.rpartition(":")
+    return (where, int(line)) if line.isdigit() else (problem.where, 0)
 
 
 def load_config(
@@ -193,32 +431,40 @@ def load_config(
     env: Mapping[str, str],
     flags: Mapping[str, Any],
 ) -> DaemonConfig:
-    """Build the effective configuration: defaults < file < environment < flags."""
-    values: dict[str, Any] = {}
-    config_path = path or env.get("QUEUECTLD_CONFIG") or ""
-    if config_path:
-        try:
-            with open(config_path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise InvalidRequest(f"config file {config_path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidRequest(f"config file {config_path}: {exc}") from None
-        _apply(values, data, f"config file {config_path}")
-    from_env: dict[str, Any] = {}
-    if env.get("QUEUECTL_HOME"):
-        from_env["home"] = env["QUEUECTL_HOME"]
-    if env.get("QUEUECTL_SOCKET"):
-        from_env["socket"] = env["QUEUECTL_SOCKET"]
-    for key in _FIELD_TYPES:
-        name = ENV_PREFIX + key.upper()
-        if name in env:
-            from_env[key] = env[name]
-    _apply(values, from_env, "environment")
-    _apply(values, {k: v for k, v in flags.items() if v is not None}, "command line")
-    config = DaemonConfig(**values).resolved()
-    config.validate()
-    return config
+    """The effective configuration (see :func:`explain_config`); ConfigError if unusable."""
+    return explain_config(path, env, flags).config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def render_toml(explained: Explained) -> str:
+    """The effective configuration as a TOML file (``--print-config``), sources as comments."""
+    config = explained.config
+    lines = [
+        "# queuectld: effective configuration (flags > environment > file > defaults)",
+        f"# configuration file: {explained.path or '(none)'}",
+    ]
+    derived = {"socket", "database", "log_dir"}
+    for f in dataclasses.fields(DaemonConfig):
+        value = getattr(config, f.name)
+        origin = explained.origins.get(f.name)
+        if origin is None:
+            if f.name in derived:
+                origin = "derived from home"
+            elif f.name == "node_id":
+                origin = "derived from the host name"
+            else:
+                origin = "default"
+        lines.append(f"{f.name} = {_toml_value(value)}  # {origin}")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------

@@ -3,45 +3,84 @@
 SIGTERM, SIGINT and a ``shutdown`` request all take the same path
 (:meth:`Daemon.request_stop`); signal handlers only set that flag. A second one
 stops at once: running jobs are stopped and requeued instead of waited for.
+SIGHUP re-reads the configuration file (:meth:`Daemon.reload`).
+
+Under systemd (``Type=notify``) the daemon reports ``READY=1`` once its socket
+listens and its store is open, keeps ``STATUS=`` current, pings the watchdog from
+the event loop, says ``STOPPING=1`` when it drains and extends systemd's stop
+timeout while a long drain is still within its own deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from queuectl.errors import QueuectlError, Unavailable
-from queuectl.protocol import Request
+from queuectl.protocol import JobState, Request
 from queuectld import handlers, procs, server
 from queuectld.access import AccessPolicy
 from queuectld.committer import Committer
-from queuectld.config import DaemonConfig, queue_settings
+from queuectld.config import RESTART_KEYS, ConfigError, DaemonConfig, group_id, queue_settings
 from queuectld.dispatcher import Dispatcher
 from queuectld.events import EventBus
 from queuectld.store import open_store
 from queuectld.supervisor import Supervisor, WorkerProcess
-from queuectld.systemd import Notifier, hide_from_children
+from queuectld.systemd import (
+    Notifier,
+    StatusReporter,
+    hide_from_children,
+    listen_fds,
+    listening_socket,
+    watchdog,
+    watchdog_interval,
+)
 
 log = structlog.get_logger("queuectld")
+
+# While draining, tell systemd this often that the stop is still on schedule.
+EXTEND_EVERY_S = 5.0
+# What the daemon may still need after the drain deadline: the job's kill grace, the
+# workers' exit, closing the store (see _drain); the extension covers it.
+STOP_SLACK_S = 15.0
+
+ConfigLoader = Callable[[], DaemonConfig]
+
+
+class _Events(EventBus):
+    """The event bus, also telling the STATUS= reporter that the counts changed."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        super().__init__()
+        self._changed = changed
+
+    def publish(self, kind: str, **fields: Any) -> None:
+        self._changed()
+        super().publish(kind, **fields)
 
 
 class Daemon:
     """One queuectld: the store, the control socket, the dispatcher and the workers."""
 
-    def __init__(self, config: DaemonConfig, ready_fd: int | None = None) -> None:
+    def __init__(
+        self, config: DaemonConfig, ready_fd: int | None = None, loader: ConfigLoader | None = None
+    ) -> None:
         self.config = config
         self.ready_fd = ready_fd
+        self.loader = loader
         self.notifier = Notifier()
-        self.events = EventBus()
+        self.status = StatusReporter(self.notifier, self._status_text)
+        self.events: EventBus = _Events(self.status.changed)
         self.access = AccessPolicy(config.admin_groups)
         self.settings: dict[str, float | int] = {}
         self.draining = False
@@ -49,6 +88,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stop_requests = 0
         self._lock_fd: int | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._drain_deadline = 0.0
         self.server: server.ControlServer | None = None
 
     def caller_uid(self) -> int | None:
@@ -59,20 +100,44 @@ class Daemon:
         self._stop_requests += 1
         self._stop.set()
         if self._stop_requests > 1 and self.draining:
-            log.warning("stop_now")
+            log.warning("stop_now", running=len(self.supervisor.busy()))
+            self._drain_deadline = time.monotonic()
             self.supervisor.cancel_running()
 
     async def run(self) -> int:
         """Serve until asked to stop; return the exit status."""
         cfg = self.config
         loop = asyncio.get_running_loop()
+        # First of all, so that a stop during start-up is a clean stop, not a kill.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        inherited = self._inherited_socket()  # also drops LISTEN_* from our environment
+
         self._lock_store()
         store = await asyncio.to_thread(open_store, cfg.database)
         self.committer = Committer(store, loop)
         self.committer.start()
+        try:
+            await self._start(inherited)
+        except BaseException:
+            if self.server is not None:
+                await self.server.close()
+            await self.committer.stop()
+            self._unlock_store()
+            raise
+
+        await self._stop.wait()
+        await self._drain()
+        return 0
+
+    async def _start(self, inherited: Any) -> None:
+        cfg = self.config
         stored = await self.committer.call(lambda s: s.get_settings())
         self.settings = dict(queue_settings(stored))
-        desired = int(stored.get(handlers.WORKERS_SETTING, cfg.workers))
+        desired = _runtime_workers(stored)
+        if desired is None:
+            desired = cfg.workers
 
         self.dispatcher = Dispatcher(self.committer, self.events, cfg, lambda: self.settings)
         worker_env = hide_from_children(dict(os.environ))
@@ -81,8 +146,12 @@ class Daemon:
         async def spawn() -> WorkerProcess:
             return await procs.spawn_worker(worker_env)
 
+        def worker_ready() -> None:
+            self.status.changed()
+            self.dispatcher.wake()
+
         self.supervisor = Supervisor(
-            spawn, self.dispatcher.wake, self.dispatcher.on_finished, self.dispatcher.on_lost
+            spawn, worker_ready, self.dispatcher.on_finished, self.dispatcher.on_lost
         )
         self.dispatcher.supervisor = self.supervisor
         recovered = await self.dispatcher.recover()
@@ -95,51 +164,128 @@ class Daemon:
             self._handle,
             self._stream,
             lambda req: req.op in handlers.STREAMS,
+            allowed_gids=_gids(cfg.allowed_groups),
+            inherited=inherited,
         )
         self.server.group = cfg.socket_group
         await self.server.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        if inherited is not None and self.server.path != cfg.socket:
+            log.warning(
+                "activated_socket_elsewhere",
+                socket=self.server.path,
+                configured=cfg.socket,
+                hint="clients look for the configured path; make them agree",
+            )
 
         Path(cfg.log_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.supervisor.scale(desired)
         self.dispatcher.start()
         log.info(
             "daemon_ready",
-            socket=cfg.socket,
+            socket=self.server.path,
+            activated=inherited is not None,
             database=cfg.database,
             workers=desired,
             recovered=recovered,
             pid=os.getpid(),
         )
         self.notifier.notify("READY=1", f"STATUS=ready, {desired} workers")
+        self.status.last = f"ready, {desired} workers"
         self._signal_ready()
+        self.status.start()
+        self.status.changed()
+        interval = watchdog_interval()
+        if interval is not None:
+            self._spawn(watchdog(self.notifier, interval), "sd-watchdog")
 
-        await self._stop.wait()
-        await self._drain()
-        return 0
+    def _inherited_socket(self) -> Any:
+        """The listening socket systemd passed (socket activation), or None."""
+        fds = listen_fds()
+        if not fds:
+            return None
+        for extra in fds[1:]:
+            log.warning("extra_socket_ignored", fd=extra)
+            with contextlib.suppress(OSError):
+                os.close(extra)
+        try:
+            return listening_socket(fds[0])
+        except ValueError as exc:
+            raise Unavailable(str(exc)) from None
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _status_text(self) -> str:
+        """``2/2 workers, 14 pending, 3 running`` (+ retrying, dead when there are any)."""
+        counts = await self.committer.call(lambda s: s.count_by_state())
+        sup = self.supervisor
+        text = (
+            f"{sup.running}/{sup.desired} workers, {counts[JobState.PENDING]} pending, "
+            f"{counts[JobState.PROCESSING]} running"
+        )
+        if counts[JobState.FAILED]:
+            text += f", {counts[JobState.FAILED]} waiting to retry"
+        if counts[JobState.DEAD]:
+            text += f", {counts[JobState.DEAD]} dead"
+        return text
+
+    # -- stopping -------------------------------------------------------------
 
     async def _drain(self) -> None:
         cfg = self.config
+        started = time.monotonic()
         self.draining = True
-        self.notifier.notify("STOPPING=1", "STATUS=draining")
-        log.info("drain_started", running=len(self.supervisor.busy()), deadline=cfg.drain_timeout)
+        await self.status.stop()
+        timeout = 0.0 if self._stop_requests > 1 else cfg.drain_timeout
+        self._drain_deadline = started + timeout
+        running = len(self.supervisor.busy())
+        self.notifier.notify(
+            "STOPPING=1", f"STATUS=draining: {running} running, deadline {timeout:g}s"
+        )
+        log.info("drain_started", running=running, deadline=timeout)
+        self._spawn(self._extend_stop_timeout(), "sd-extend-timeout")
         self.dispatcher.paused = True
         if self.server is not None:
             await self.server.stop_accepting()
-        timeout = 0.0 if self._stop_requests > 1 else cfg.drain_timeout
-        if not await self.supervisor.wait_idle(timeout):
-            log.warning("drain_deadline_passed", running=len(self.supervisor.busy()))
-            self.supervisor.cancel_running()
+        while not await self.supervisor.wait_idle(self._drain_deadline - time.monotonic()):
+            if time.monotonic() >= self._drain_deadline:
+                running = len(self.supervisor.busy())
+                log.warning("drain_deadline_passed", running=running, requeued=running)
+                self.notifier.notify(f"STATUS=stopping {running} jobs to requeue them")
+                self.supervisor.cancel_running()
+                break
         await self.supervisor.stop(kill_after=cfg.kill_grace + 5.0)
         await self.dispatcher.close()
+        # A claim that was committed while the drain began never reached a worker:
+        # give back whatever this node still holds, so nothing stays `processing`.
+        await self.dispatcher.recover()
         self.events.close()
         if self.server is not None:
             await self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.committer.stop()
         self._unlock_store()
-        log.info("daemon_stopped")
+        log.info("daemon_stopped", drain_seconds=round(time.monotonic() - started, 3))
+        self.notifier.close()
+
+    async def _extend_stop_timeout(self) -> None:
+        """EXTEND_TIMEOUT_USEC: keep systemd from killing a drain that is on schedule.
+
+        Each message gives systemd a new horizon (the drain deadline plus what stopping
+        needs after it); a daemon that hangs stops sending and is killed when it passes.
+        TimeoutStopSec= still applies as the floor, so a short drain changes nothing.
+        """
+        while True:
+            left = max(0.0, self._drain_deadline - time.monotonic())
+            horizon = left + self.config.kill_grace + STOP_SLACK_S
+            self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(horizon * 1_000_000)}")
+            await asyncio.sleep(EXTEND_EVERY_S)
+
+    # -- requests -------------------------------------------------------------
 
     async def _handle(self, req: Request, args: Any) -> Any:
         return await handlers.HANDLERS[req.op](self, args)
@@ -147,12 +293,95 @@ class Daemon:
     def _stream(self, req: Request, args: Any) -> AsyncIterator[dict[str, Any]]:
         return handlers.STREAMS[req.op](self, args)
 
-    def _reload(self) -> None:
-        """SIGHUP: reopen the log file (logrotate)."""
-        from queuectld.logs import reopen_log_file
+    # -- reloading ------------------------------------------------------------
 
-        reopen_log_file()
-        log.info("log_reopened")
+    def _on_sighup(self) -> None:
+        self._spawn(self.reload(), "reload")
+
+    async def reload(self) -> bool:
+        """SIGHUP: reopen the log file, then re-read the configuration and apply it.
+
+        An unusable file changes nothing (the running configuration stays, and the
+        problems are logged). Paths the daemon has open need a restart; everything
+        else applies at once, without dropping a connection or a job.
+        """
+        from queuectld.logs import configure_logging, reopen_log_file
+
+        reopen_log_file()  # logrotate's postrotate, even when the file is broken
+        if self.loader is None:
+            log.info("log_reopened")
+            return True
+        if self.draining:
+            log.info("reload_ignored", reason="draining")
+            return False
+        self.notifier.notify("RELOADING=1", "STATUS=reloading the configuration")
+        try:
+            try:
+                new = await asyncio.to_thread(self.loader)
+            except ConfigError as exc:
+                log.error(
+                    "config_reload_failed",
+                    problems=[str(p) for p in exc.problems],
+                    kept="the running configuration",
+                )
+                return False
+            except QueuectlError as exc:
+                log.error("config_reload_failed", problems=[exc.message], kept="the running one")
+                return False
+            old = self.config
+            changed = [
+                f.name
+                for f in dataclasses.fields(DaemonConfig)
+                if getattr(old, f.name) != getattr(new, f.name)
+            ]
+            restart = [k for k in changed if k in RESTART_KEYS]
+            if restart:
+                log.warning(
+                    "config_needs_restart",
+                    keys=restart,
+                    hint="these keys apply at the next start; the running values stay",
+                )
+            applied = [k for k in changed if k not in RESTART_KEYS]
+            for key in applied:
+                setattr(old, key, getattr(new, key))  # the dispatcher reads the same object
+            if {"log_level", "log_format", "log_file"} & set(applied):
+                configure_logging(old.log_level, old.log_format, old.log_file or None)
+            if self.server is not None:
+                self.server.set_access(old.allowed_uids, _gids(old.allowed_groups))
+                self.server.max_connections = old.max_connections
+            if "admin_groups" in applied:
+                self.access = AccessPolicy(old.admin_groups)
+            await self._reload_workers("workers" in applied)
+            log.info("config_reloaded", changed=applied)
+            self.status.changed()
+            return True
+        finally:
+            self.notifier.notify("READY=1", f"STATUS={self.status.last or 'ready'}")
+
+    async def _reload_workers(self, changed: bool) -> None:
+        """Apply the file's ``workers`` unless `queuectl worker start/stop` set a count.
+
+        Precedence: the count set at run time (kept in the store, across restarts) >
+        ``--workers`` > ``QUEUECTLD_WORKERS`` > the file's ``workers``.
+        """
+        stored = await self.committer.call(lambda s: s.get_settings())
+        runtime = _runtime_workers(stored)
+        if runtime is not None:
+            if changed:
+                log.warning(
+                    "workers_not_reloaded",
+                    configured=self.config.workers,
+                    running=runtime,
+                    reason="set at run time by `queuectl worker start/stop`, which wins",
+                )
+            return
+        if self.config.workers != self.supervisor.desired:
+            log.info("workers_scaled", desired=self.config.workers, was=self.supervisor.desired)
+            await self.supervisor.scale(self.config.workers)
+            self.dispatcher.wake()
+            self.status.changed()
+
+    # -- start-up helpers -----------------------------------------------------
 
     def _signal_ready(self) -> None:
         if self.ready_fd is None:
@@ -182,9 +411,25 @@ class Daemon:
             self._lock_fd = None
 
 
-def run_daemon(config: DaemonConfig, ready_fd: int | None = None) -> int:
-    """Run a daemon on a fresh event loop until it stops; return the exit status."""
-    daemon = Daemon(config, ready_fd)
+def _runtime_workers(stored: dict[str, str]) -> int | None:
+    """The worker count `queuectl worker start/stop` stored, if any (a bad value: none)."""
+    value = stored.get(handlers.WORKERS_SETTING, "")
+    return int(value) if value.isdigit() else None
+
+
+def _gids(groups: list[str]) -> list[int]:
+    return [gid for gid in (group_id(g) for g in groups) if gid is not None]
+
+
+def run_daemon(
+    config: DaemonConfig, ready_fd: int | None = None, loader: ConfigLoader | None = None
+) -> int:
+    """Run a daemon on a fresh event loop until it stops; return the exit status.
+
+    ``loader`` re-reads the configuration on SIGHUP (the same file, environment and
+    flags as at start); without it SIGHUP only reopens the log file.
+    """
+    daemon = Daemon(config, ready_fd, loader)
     try:
         return asyncio.run(daemon.run())
     except QueuectlError as exc:

@@ -3,11 +3,24 @@
 Nothing here sleeps in a loop: an enqueue, a finished job or a ready worker calls
 :meth:`Dispatcher.wake`; the next due retry or delayed job sets one timer; a slow
 safety tick is only a backstop (and the place where hung workers are caught).
+
+Throughput comes from doing the store work of many jobs at once, off the workers'
+path. One *cycle* records every outcome that arrived since the last one and claims
+jobs for the idle workers, in a single store call (one transaction, one sync). When
+jobs are short and plentiful the dispatcher also claims a few ahead of the workers
+(the *ready* list, about :data:`PREFETCH_HORIZON_S` of work): a worker that finishes
+gets its next job at once, from memory, and outcomes then wait up to
+:data:`RECORD_DELAY_S` to share a commit. A job on the ready list is claimed like any
+other (``processing``, leased to this node), so a crash returns it to the queue through
+:meth:`Dispatcher.recover`; a drain, a scale to zero or a wait longer than
+:data:`READY_MAX_AGE_S` gives it back unstarted, as if it had never been claimed.
+Jobs that must not run twice (``idempotent`` false) are never claimed ahead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -31,6 +44,19 @@ from queuectld.supervisor import Supervisor, Worker
 
 log = structlog.get_logger("queuectld.dispatcher")
 
+# Claim ahead about this much work (by the recent average run time), at most
+# PREFETCH_MAX_PER_WORKER jobs a worker; jobs that run longer are never claimed ahead.
+PREFETCH_HORIZON_S = 0.01
+PREFETCH_MAX_PER_WORKER = 8
+# A job claimed ahead that has not reached a worker after this long is given back.
+READY_MAX_AGE_S = 1.0
+# While every worker has work, outcomes wait at most this long to share one commit.
+RECORD_DELAY_S = 0.005
+MAX_RECORD_BATCH = 1024
+# Weight of the newest run time in the running average that sizes the ready list.
+RUN_AVG_WEIGHT = 0.2
+CLOSE_TIMEOUT_S = 30.0
+
 
 @dataclass
 class Assignment:
@@ -39,6 +65,24 @@ class Assignment:
     worker: Worker
     claim: Claim
     deadline: float  # monotonic time after which the worker is presumed hung
+
+
+@dataclass
+class _Ready:
+    """A job claimed ahead of the workers."""
+
+    claim: Claim
+    since: float  # monotonic time of the claim
+
+
+@dataclass
+class _Outcome:
+    """An attempt's end, waiting to be recorded by the next cycle."""
+
+    result: AttemptResult
+    max_retries: int
+    error: str | None
+    owner_uid: int | None
 
 
 class Dispatcher:
@@ -67,6 +111,14 @@ class Dispatcher:
         self._unrecorded: list[AttemptResult] = []
         self._task: asyncio.Task[None] | None = None
         self._tick: asyncio.Task[None] | None = None
+        self._ready: collections.deque[_Ready] = collections.deque()
+        self._give_back: list[Claim] = []
+        self._outcomes: list[_Outcome] = []
+        self._run_avg = float("inf")  # running average of attempt run times (s)
+        self._more_due = False  # the last claim got all it asked for
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_due = False
+        self._closing = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -76,13 +128,21 @@ class Dispatcher:
         self.wake()
 
     async def close(self) -> None:
-        for task in (self._task, self._tick):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self._timer is not None:
-            self._timer.cancel()
+        """Stop; outcomes not yet recorded are recorded, jobs claimed ahead are given back."""
+        if self._tick is not None:
+            self._tick.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick
+        if self._task is not None:
+            self._closing = True
+            self.wake()
+            try:
+                await asyncio.wait_for(self._task, CLOSE_TIMEOUT_S)
+            except (TimeoutError, asyncio.CancelledError):
+                log.error("dispatcher_close_timeout", outcomes=len(self._outcomes))
+        for timer in (self._timer, self._flush_timer):
+            if timer is not None:
+                timer.cancel()
 
     def wake(self) -> None:
         """Something changed: look for due jobs and idle workers soon."""
@@ -136,46 +196,131 @@ class Dispatcher:
     # -- claiming -------------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if not (self._closing or self._flush_due or self._urgent()):
+                # Every worker has work: let outcomes gather a moment to share one commit.
+                if self._outcomes and self._flush_timer is None:
+                    self._flush_timer = loop.call_later(RECORD_DELAY_S, self._flush_now)
+                continue
+            self._flush_due = False
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+            failed = True
             try:
-                await self._fill()
+                await self._cycle()
+                failed = False
             except QueuectlError as exc:
                 log.error("claim_failed", error=str(exc))
             except Exception:
                 log.exception("dispatch_failed")
+            if self._closing and (failed or not (self._outcomes or self._ready)):
+                return  # what could not be recorded now, recover() takes back
 
-    async def _fill(self) -> None:
+    def _flush_now(self) -> None:
+        self._flush_timer = None
+        self._flush_due = True
+        self._wake.set()
+
+    def _urgent(self) -> bool:
+        """True when the store should be visited now rather than a little later."""
         sup = self.supervisor
-        if self.paused or sup is None:
+        if sup is None:
+            return False
+        if self._give_back or len(self._outcomes) >= MAX_RECORD_BATCH:
+            return True
+        if self.paused or sup.desired == 0:
+            return bool(self._outcomes or self._ready)
+        if sup.idle():
+            return True  # a worker waits for a job (the ready list is empty)
+        low_water = min(self._target(), 2 * len(sup.busy()))
+        return self._more_due and len(self._ready) < low_water
+
+    def _target(self) -> int:
+        """How many jobs to hold claimed ahead of the workers (0 unless jobs are short)."""
+        sup = self.supervisor
+        if sup is None or self.paused or self._closing or sup.desired == 0:
+            return 0
+        if not self._run_avg < PREFETCH_HORIZON_S:
+            return 0
+        per_worker = int(PREFETCH_HORIZON_S / max(self._run_avg, 1e-4))
+        return min(PREFETCH_MAX_PER_WORKER, per_worker) * sup.running
+
+    async def _cycle(self) -> None:
+        """Record the outcomes gathered so far and claim for idle workers: one store call."""
+        sup = self.supervisor
+        if sup is None:
+            return
+        self._feed_idle()
+        outcomes, self._outcomes = self._outcomes, []
+        now_m = time.monotonic()
+        if self.paused or self._closing or sup.desired == 0:
+            self._give_back += [entry.claim for entry in self._ready]
+            self._ready.clear()
+        else:
+            while self._ready and now_m - self._ready[0].since > READY_MAX_AGE_S:
+                self._give_back.append(self._ready.popleft().claim)
+        give_back, self._give_back = self._give_back, []
+        idle = 0 if self.paused or self._closing else len(sup.idle())
+        ahead = max(0, self._target() - len(self._ready))
+        if not (outcomes or give_back or idle or ahead):
+            return
+        owner, now = self.owner, time.time()
+        default_timeout = float(self._settings()["default-timeout"])
+        margin = self.config.kill_grace + self.config.lease_margin
+        results = [o.result for o in outcomes]
+        wanted = idle + ahead
+
+        def work(store: Store) -> tuple[list[bool], list[Claim], float | None]:
+            recorded = [store.finish_attempt(r) for r in results]
+            for claim in give_back:
+                store.release_claim(claim)
+            claims = store.claim_due(owner, wanted, now, default_timeout, margin) if wanted else []
+            for i in range(idle, len(claims)):
+                if not claims[i].job.idempotent:
+                    # Held ahead, a crash would end it unstarted: it waits for an idle worker.
+                    for claim in claims[i:]:
+                        store.release_claim(claim)
+                    del claims[i:]
+                    break
+            next_due = store.next_due_at() if wanted and len(claims) < wanted else None
+            return recorded, claims, next_due
+
+        try:
+            recorded, claims, next_due = await self.committer.call(work)
+        except QueuectlError as exc:
+            # Nothing of the cycle was kept. Record each outcome on its own, so one that
+            # cannot be stored does not hold back the others; give-backs wait a cycle.
+            log.error("cycle_failed", error=str(exc), outcomes=len(outcomes))
+            self._give_back += give_back
+            for o in outcomes:
+                await self._store_outcome(o)
+            return
+        for o, ok in zip(outcomes, recorded, strict=True):
+            self._after_record(o, ok)
+        self._more_due = wanted > 0 and len(claims) == wanted
+        now_m = time.monotonic()
+        self._ready.extend(_Ready(claim, now_m) for claim in claims)
+        self._feed_idle()
+        if self._more_due:
+            self.wake()  # there may be more due jobs and more idle workers
+        elif next_due is not None:
+            self.wake_at(next_due)
+
+    def _feed_idle(self) -> None:
+        """Hand jobs from the ready list to idle workers, at once."""
+        sup = self.supervisor
+        if sup is None or not self._ready or self.paused or self._closing:
             return
         idle = sup.idle()
         if not idle:
             return
-        owner, now, limit = self.owner, time.time(), len(idle)
         default_timeout = float(self._settings()["default-timeout"])
-        margin = self.config.kill_grace + self.config.lease_margin
-
-        def claim(store: Store) -> tuple[list[Claim], float | None]:
-            claims = store.claim_due(owner, limit, now, default_timeout, margin)
-            return claims, (store.next_due_at() if len(claims) < limit else None)
-
-        claims, next_due = await self.committer.call(claim)
-        idle = sup.idle() if not self.paused else []
-        for item in claims:
-            if not idle:
-                # Workers went away while we claimed: give the job straight back.
-                reason = "no worker left to run it"
-                await self._record(
-                    item, Outcome.INTERRUPTED, None, reason, now, now, None, started=False
-                )
-                continue
-            self._dispatch(idle.pop(0), item, default_timeout)
-        if len(claims) == limit:
-            self.wake()  # there may be more due jobs and more idle workers
-        elif next_due is not None:
-            self.wake_at(next_due)
+        while idle and self._ready:
+            self._dispatch(idle.pop(0), self._ready.popleft().claim, default_timeout)
 
     def _dispatch(self, worker: Worker, claim: Claim, default_timeout: float) -> None:
         assert self.supervisor is not None
@@ -210,16 +355,26 @@ class Dispatcher:
     # -- outcomes -------------------------------------------------------------
 
     async def on_finished(self, worker: Worker, claim: Claim, result: JobFinished) -> None:
-        """A worker reported the end of an attempt."""
-        await self._record(
-            claim,
-            result.outcome,
-            result.exit_code,
-            result.error,
-            result.started_at,
-            result.finished_at,
-            worker.name,
+        """A worker reported the end of an attempt: it gets its next job now, if one is
+        ready; the outcome is recorded by the next cycle (it returns without waiting)."""
+        self._feed_idle()
+        ran = result.finished_at - result.started_at
+        if self._run_avg == float("inf"):
+            self._run_avg = ran
+        else:
+            self._run_avg += RUN_AVG_WEIGHT * (ran - self._run_avg)
+        self._outcomes.append(
+            self._outcome(
+                claim,
+                result.outcome,
+                result.exit_code,
+                result.error,
+                result.started_at,
+                result.finished_at,
+                worker.name,
+            )
         )
+        self.wake()
 
     async def on_lost(self, worker: Worker, claim: Claim, reason: str) -> None:
         """A worker died holding a job: the job goes back to the queue, marked interrupted."""
@@ -237,6 +392,24 @@ class Dispatcher:
         worker: str | None,
         started: bool = True,
     ) -> None:
+        """Record one outcome now, in its own store call."""
+        await self._store_outcome(
+            self._outcome(
+                claim, outcome, exit_code, error, started_at, finished_at, worker, started
+            )
+        )
+
+    def _outcome(
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        exit_code: int | None,
+        error: str | None,
+        started_at: float,
+        finished_at: float,
+        worker: str | None,
+        started: bool = True,
+    ) -> _Outcome:
         job = claim.job
         self._assignments.pop(job.id, None)
         max_retries = job.max_retries
@@ -268,20 +441,39 @@ class Dispatcher:
             run_at=step.run_at,
             worker=worker,
         )
+        return _Outcome(result, max_retries, error, job.owner_uid)
+
+    async def _store_outcome(self, o: _Outcome) -> None:
+        result = o.result
         try:
             recorded = await self.committer.call(lambda s: s.finish_attempt(result))
         except QueuectlError as exc:
             # The job keeps its lease; the safety tick records the result later.
-            log.error("result_not_recorded", job_id=job.id, attempt=claim.attempt, error=str(exc))
+            log.error(
+                "result_not_recorded",
+                job_id=result.job_id,
+                attempt=result.attempt,
+                worker=result.worker,
+                error=str(exc),
+            )
             self._unrecorded.append(result)
             return
+        self._after_record(o, recorded)
+
+    def _after_record(self, o: _Outcome, recorded: bool) -> None:
+        result = o.result
         if not recorded:
-            log.warning("late_result_refused", job_id=job.id, attempt=claim.attempt)
+            log.warning(
+                "late_result_refused",
+                job_id=result.job_id,
+                attempt=result.attempt,
+                worker=result.worker,
+            )
             return
-        self._announce(result, max_retries, error, job.owner_uid)
-        if step.state is JobState.FAILED:
-            self.wake_at(step.run_at)
-        elif step.state is JobState.PENDING:
+        self._announce(result, o.max_retries, o.error, o.owner_uid)
+        if result.next_state is JobState.FAILED:
+            self.wake_at(result.run_at)
+        elif result.next_state is JobState.PENDING:
             self.wake()
 
     def _announce(
@@ -314,9 +506,11 @@ class Dispatcher:
     async def _safety_tick(self) -> None:
         while True:
             await asyncio.sleep(self.config.safety_poll or 5.0)
+            self._flush_due = True  # a full cycle, even if nothing looks urgent
             self.wake()
             await self._retry_unrecorded()
             self._kill_hung_workers()
+            await self._rescue_expired_leases()
 
     async def _retry_unrecorded(self) -> None:
         pending, self._unrecorded = self._unrecorded, []
@@ -328,10 +522,33 @@ class Dispatcher:
             else:
                 self.wake()
 
+    async def _rescue_expired_leases(self) -> None:
+        """Return jobs whose lease expired under another owner (a daemon that vanished).
+
+        Our own leases are not touched here: the hung-worker check ends their workers.
+        """
+        owner, now = self.owner, time.time()
+        try:
+            expired = await self.committer.call(lambda s: s.leased_jobs(None, now))
+        except QueuectlError as exc:
+            log.error("lease_rescue_failed", error=str(exc))
+            return
+        for claim in expired:
+            if claim.job.lease_owner == owner:
+                continue
+            reason = f"the lease of {claim.job.lease_owner} expired"
+            log.warning("lease_expired", job_id=claim.job.id, owner=claim.job.lease_owner)
+            await self._record(claim, Outcome.INTERRUPTED, None, reason, now, now, None)
+
     def _kill_hung_workers(self) -> None:
         now = time.monotonic()
         for job_id, assignment in list(self._assignments.items()):
             if now > assignment.deadline:
-                log.error("worker_hung", job_id=job_id, worker=assignment.worker.name)
+                log.error(
+                    "worker_hung",
+                    job_id=job_id,
+                    attempt=assignment.claim.attempt,
+                    worker=assignment.worker.name,
+                )
                 procs.kill_process(assignment.worker.proc.pid, signal.SIGKILL)
                 assignment.deadline = float("inf")  # its exit returns the job to the queue

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from queuectl.errors import InvalidRequest
 from queuectld import __version__
-from queuectld.config import DaemonConfig, load_config
+from queuectld.config import ConfigError, DaemonConfig, explain_config, load_config, render_toml
+
+# Exit status for an unusable configuration (and argparse's for bad flags): the unit's
+# RestartPreventExitStatus=2 keeps systemd from restarting into the same mistake.
+EXIT_CONFIG = 2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,9 +36,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument(
-        "--check-config", action="store_true", help="validate the configuration and exit"
+        "--check-config",
+        action="store_true",
+        help="validate the configuration (file, environment, flags), print what is wrong "
+        "with its line, and exit: 0 if usable, 2 if not",
     )
-    p.add_argument("--print-config", action="store_true", help="print the effective configuration")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as TOML, each value's source as a comment",
+    )
     p.add_argument("--version", action="version", version=f"queuectld {__version__}")
     return p.parse_args(argv)
 
@@ -53,16 +63,27 @@ def main(argv: list[str] | None = None) -> None:
         "workers": args.workers,
     }
     try:
-        config = load_config(args.config, os.environ, flags)
+        explained = explain_config(args.config, os.environ, flags)
+    except ConfigError as exc:
+        from queuectld.logs import stderr_is_journal
+
+        prefix = "<3>" if stderr_is_journal() else ""  # journald: priority "error"
+        for problem in exc.problems:
+            print(f"{prefix}queuectld: {problem}", file=sys.stderr)
+        if args.check_config:
+            print("configuration NOT OK", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     except InvalidRequest as exc:
         print(f"queuectld: {exc.message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
+    config = explained.config
     if args.check_config:
-        print("configuration OK")
+        for warning in explained.warnings:
+            print(f"queuectld: warning: {warning}", file=sys.stderr)
+        print(f"configuration OK ({explained.path or 'no configuration file'})")
         sys.exit(0)
     if args.print_config:
-        for key, value in dataclasses.asdict(config).items():
-            print(f"{key} = {value!r}")
+        sys.stdout.write(render_toml(explained))
         sys.exit(0)
     Path(config.home).mkdir(parents=True, exist_ok=True, mode=0o700)
     if args.daemon:
@@ -71,7 +92,19 @@ def main(argv: list[str] | None = None) -> None:
     from queuectld.logs import configure_logging
 
     configure_logging(config.log_level, config.log_format, config.log_file or None)
-    sys.exit(run_daemon(config, args.ready_fd))
+    if explained.warnings:
+        import structlog
+
+        for warning in explained.warnings:
+            structlog.get_logger("queuectld").warning(
+                "config_warning", where=warning.where, problem=warning.message
+            )
+
+    def reload() -> DaemonConfig:
+        """SIGHUP: read the same file again, under the same environment and flags."""
+        return load_config(args.config, os.environ, flags)
+
+    sys.exit(run_daemon(config, args.ready_fd, reload))
 
 
 def _detach(config: DaemonConfig, pidfile: str | None, ready_fd: int | None) -> None:

@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
 MAX_IN_FLIGHT = 256
 
+
 @dataclass(frozen=True)
 class Peer:
     """A connected client as the kernel reports it (SO_PEERCRED), never as it claims."""
@@ -61,10 +62,14 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    # Supplementary groups from SO_PEERGROUPS, fixed at connect(); None if unavailable.
+    supplementary: frozenset[int] | None = None
 
     def groups(self) -> set[int]:
         """The peer's primary and supplementary group ids (from /proc, read at connect)."""
         gids = {self.gid}
+        if self.supplementary is not None:
+            return gids | self.supplementary
         try:
             with open(f"/proc/{self.pid}/status", encoding="ascii") as fh:
                 for line in fh:
@@ -94,7 +99,20 @@ def peer_credentials(sock: socket.socket) -> Peer:
     """The connecting process's pid/uid/gid as the kernel reports them (not as it claims)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
+    return Peer(pid, uid, gid, _peer_groups(sock))
+
+
+# Linux >= 4.13: the peer's supplementary groups as they were at connect(), from the
+# kernel, so no race with the peer exiting (or its pid being reused) as with /proc.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+
+
+def _peer_groups(sock: socket.socket) -> frozenset[int] | None:
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+    except OSError:
+        return None  # an old kernel, or more than 256 groups: Peer.groups() reads /proc
+    return frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
 
 
 RequestHandler = Callable[[Request, Any], Awaitable[Any]]
@@ -113,10 +131,18 @@ class ControlServer:
         handle: RequestHandler,
         stream: StreamHandler,
         is_stream: Callable[[Request], bool],
+        *,
+        allowed_gids: Iterable[int] = (),
+        inherited: socket.socket | None = None,
     ) -> None:
         self.path = path
         self.mode = mode
         self.allowed_uids = {os.getuid(), 0, *allowed_uids}
+        self.allowed_gids = set(allowed_gids)
+        # A listening socket systemd passed (socket activation): used as it is, and
+        # its file is systemd's, never unlinked by us.
+        self.inherited = inherited
+        self.owns_path = False
         self.group = ""  # socket group name or gid; set by the daemon from socket_group
         self.max_connections = max_connections
         self._handle = handle
@@ -126,8 +152,27 @@ class ControlServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
 
+    def set_access(self, allowed_uids: Iterable[int], allowed_gids: Iterable[int]) -> None:
+        """Change who may connect (SIGHUP); connections already open are kept."""
+        self.allowed_uids = {os.getuid(), 0, *allowed_uids}
+        self.allowed_gids = set(allowed_gids)
+
+    def allows(self, peer: Peer) -> bool:
+        """The daemon's own uid, root, ``allowed_uids`` and members of ``allowed_gids``."""
+        if peer.uid in self.allowed_uids:
+            return True
+        return bool(self.allowed_gids and peer.groups() & self.allowed_gids)
+
     async def start(self) -> None:
-        """Bind the socket (replacing a stale one) with the right mode, and listen."""
+        """Listen: on the socket systemd passed, or bind one (replacing a stale one)."""
+        if self.inherited is not None:
+            name = self.inherited.getsockname()
+            if isinstance(name, str) and name:
+                self.path = name
+            self._server = await asyncio.start_unix_server(
+                self._serve, sock=self.inherited, limit=2**16
+            )
+            return
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         parent = path.parent.stat()
@@ -153,11 +198,14 @@ class ControlServer:
         os.chmod(path, self.mode)
         if self.group:
             os.chown(path, -1, _gid(self.group))
+        self.owns_path = True
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=2**16)
 
     async def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.owns_path:
+            self.owns_path = False
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
 
@@ -176,14 +224,14 @@ class ControlServer:
         try:
             sock = writer.get_extra_info("socket")
             peer = peer_credentials(sock)
-            if peer.uid not in self.allowed_uids:
-                log.warning("connection_refused", uid=peer.uid, pid=peer.pid)
+            if not self.allows(peer):
+                log.warning("connection_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid)
                 err = PermissionDenied(f"uid {peer.uid} may not use this queuectld")
-                await _send(writer, Reply(0, error=ErrorBody(err.code, err.message)).to_wire())
+                await _refuse(reader, writer, err)
                 return
             if self.connections > self.max_connections:
                 err2 = Unavailable("queuectld has too many open connections; retry shortly")
-                await _send(writer, Reply(0, error=ErrorBody(err2.code, err2.message)).to_wire())
+                await _refuse(reader, writer, err2)
                 return
             _caller.set(peer)
             hello = Hello.from_wire(await asyncio.wait_for(_read(reader), HANDSHAKE_TIMEOUT_S))
@@ -240,7 +288,9 @@ class ControlServer:
                 async for event in self._stream(req, args):
                     await _send(writer, EventFrame(rid, event).to_wire())
                 return Reply(rid, result=None)
-            return Reply(rid, result=await self._handle(req, args))
+            # Shielded: a request once started is carried through even if its client
+            # hangs up (a config_set must not end committed but not applied).
+            return Reply(rid, result=await asyncio.shield(self._handle(req, args)))
         except QueuectlError as exc:
             return Reply(rid, error=ErrorBody(exc.code, exc.message))
         except ConnectionError:
@@ -256,6 +306,19 @@ async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
     length = frame_length(header)
     body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT_S)
     return unpack(body)
+
+
+async def _refuse(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, err: QueuectlError
+) -> None:
+    """Answer the client's hello with ``err``.
+
+    The hello is read first (briefly): closing with it unread would make the client's
+    write fail (EPIPE) before it could read why it was turned away.
+    """
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(_read(reader), 1.0)
+    await _send(writer, Reply(0, error=ErrorBody(err.code, err.message)).to_wire())
 
 
 async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:

@@ -23,13 +23,11 @@ import structlog
 
 from queuectl.errors import ProtocolError
 from queuectl.protocol import (
-    HEADER,
     CancelJob,
+    FrameBuffer,
     JobFinished,
     RunJob,
-    frame_length,
     pack,
-    unpack,
 )
 from queuectld import procs
 from queuectld.jobs import Claim
@@ -40,6 +38,7 @@ log = structlog.get_logger("queuectld.supervisor")
 RESPAWN_BASE_S = 0.1
 RESPAWN_MAX_S = 30.0
 CRASH_WINDOW_S = 60.0
+READ_CHUNK = 65536
 
 
 class WorkerState(enum.StrEnum):
@@ -223,7 +222,12 @@ class Supervisor:
         _, still = await asyncio.wait(readers, timeout=kill_after)
         if still:
             for worker in list(self.workers.values()):
-                log.warning("worker_killed", worker=worker.name, pid=worker.proc.pid)
+                log.warning(
+                    "worker_killed",
+                    worker=worker.name,
+                    pid=worker.proc.pid,
+                    job_id=worker.claim.job.id if worker.claim else None,
+                )
                 procs.kill_process(worker.proc.pid, signal.SIGTERM)
             _, still = await asyncio.wait(still, timeout=2.0)
             for worker in list(self.workers.values()):
@@ -235,11 +239,16 @@ class Supervisor:
 
     async def _read(self, worker: Worker) -> None:
         reader = worker.proc.stdout
+        frames = FrameBuffer()
         try:
             while True:
-                header = await reader.readexactly(HEADER.size)
-                body = await reader.readexactly(frame_length(header))
-                await self._handle(worker, unpack(body))
+                # Read what is there and handle every frame in it: one wake-up for a
+                # worker's "finished" and "started" frames when they arrive together.
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    break
+                for msg in frames.feed(data):
+                    await self._handle(worker, msg)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except ProtocolError as exc:
@@ -294,7 +303,14 @@ class Supervisor:
         if expected:
             log.debug("worker_exited", worker=worker.name, code=code)
         else:
-            log.warning("worker_died", worker=worker.name, pid=worker.proc.pid, code=code)
+            log.warning(
+                "worker_died",
+                worker=worker.name,
+                pid=worker.proc.pid,
+                code=code,
+                job_id=claim.job.id if claim else None,
+                attempt=claim.attempt if claim else None,
+            )
             self._note_crash()
         if not self._stopping:
             await self._reconcile()

@@ -138,7 +138,10 @@ def run_job(job: RunJob, channel: Channel, env: dict[str, str]) -> JobFinished:
         )
     os.close(out_w)
     os.close(err_w)
-    channel.send(JobStarted(job.job_id, job.attempt, proc.pid).to_wire())
+    try:
+        channel.send(JobStarted(job.job_id, job.attempt, proc.pid).to_wire())
+    except BrokenPipeError:
+        channel.closed = True  # the daemon died as the job started: end it below
 
     captures = {out_r: Capture(job.log_max_bytes), err_r: Capture(job.log_max_bytes)}
     open_pipes = set(captures)
@@ -147,6 +150,11 @@ def run_job(job: RunJob, channel: Channel, env: dict[str, str]) -> JobFinished:
     kill_at = math.inf  # when SIGKILL follows the SIGTERM already sent
     timed_out = interrupted = False
     returncode: int | None = None
+    if channel.closed:
+        # The daemon is gone and runs the job again when it restarts: end this copy now,
+        # not after a grace period, so the two never run at once.
+        interrupted = True
+        procs.signal_group(proc.pid, signal.SIGKILL)
 
     def stop_group(now: float) -> float:
         procs.signal_group(proc.pid, signal.SIGTERM)
@@ -184,7 +192,12 @@ def run_job(job: RunJob, channel: Channel, env: dict[str, str]) -> JobFinished:
                         m.get("kind") == "cancel" for m in channel.pending
                     )
                     channel.pending = [m for m in channel.pending if m.get("kind") != "cancel"]
-                    if cancel and not interrupted:
+                    if channel.closed:
+                        # The daemon died (see above): SIGKILL, no grace period.
+                        interrupted = True
+                        procs.signal_group(proc.pid, signal.SIGKILL)
+                        kill_at = math.inf
+                    elif cancel and not interrupted:
                         interrupted = True
                         kill_at = stop_group(time.monotonic())
             if pidfd is None or pidfd in ready:

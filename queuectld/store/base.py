@@ -82,9 +82,21 @@ class Store(abc.ABC):
     def finish_attempt(self, result: AttemptResult) -> bool:
         """Record an attempt's end and move the job to ``result.next_state``.
 
+        A ``next_state`` that :data:`~queuectld.jobs.TRANSITIONS` does not allow after
+        ``processing`` is a programming error: it raises and changes nothing.
+
         Returns ``False`` and changes nothing when the job no longer holds
         ``result.lease_token`` (its lease was taken back): a late result is refused,
         so an attempt is never recorded twice.
+        """
+
+    @abc.abstractmethod
+    def release_claim(self, claim: Claim) -> bool:
+        """Give back a claim whose attempt never started (a job claimed ahead of the workers).
+
+        The job is ``pending`` again, unleased, and its attempts history loses the row
+        the claim added, as if it had never been claimed: nothing is charged. Returns
+        ``False`` and changes nothing when the job no longer holds ``claim.lease_token``.
         """
 
     @abc.abstractmethod

@@ -13,7 +13,7 @@ from typing import Any
 
 from queuectl.errors import Conflict, InternalError, NotFound, QueuectlError, StorageFull
 from queuectl.protocol import JobState
-from queuectld.jobs import Attempt, AttemptResult, Claim, Job, NewJob
+from queuectld.jobs import Attempt, AttemptResult, Claim, Job, NewJob, can_transition
 from queuectld.store.base import Store
 
 SCHEMA_VERSION = 1
@@ -188,38 +188,79 @@ class SQLiteStore(Store):
 
     # -- jobs -----------------------------------------------------------------
 
-    def _next_generated_id(self) -> str:
-        row = self._run("get_meta", {"key": "next_job_number"}).fetchone()
-        number = int(row["value"]) if row else 1
-        while self._run("job_exists", {"id": str(number)}).fetchone():
+    def _assign_ids(self, jobs: Sequence[NewJob]) -> list[str]:
+        """The id of every job: its own, or the next free number (one meta read and write)."""
+        ids: list[str] = []
+        taken: set[str] = set()  # ids earlier in this batch
+        number: int | None = None
+        for new in jobs:
+            if new.id is not None:
+                ids.append(new.id)
+                taken.add(new.id)
+                continue
+            if number is None:
+                row = self._run("get_meta", {"key": "next_job_number"}).fetchone()
+                number = int(row["value"]) if row else 1
+            while str(number) in taken or self._run("job_exists", {"id": str(number)}).fetchone():
+                number += 1
+            ids.append(str(number))
+            taken.add(str(number))
             number += 1
-        self._run("set_meta", {"key": "next_job_number", "value": str(number + 1)})
-        return str(number)
+        if number is not None:
+            self._run("set_meta", {"key": "next_job_number", "value": str(number)})
+        return ids
 
     def insert_jobs(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
-        out: list[Job] = []
-        for new in jobs:
-            job_id = new.id if new.id is not None else self._next_generated_id()
-            params = {
-                "id": job_id,
-                "command": new.command,
-                "cwd": new.cwd,
-                "owner_uid": new.owner_uid,
-                "idempotent": int(new.idempotent),
-                "max_retries": new.max_retries,
-                "timeout": new.timeout,
-                "now": now,
-                "run_at": now if new.run_at is None else new.run_at,
-            }
-            try:
-                row = self.db.execute(Q["insert_job"], params).fetchone()
-            except sqlite3.IntegrityError:
-                raise Conflict(
-                    f"a job with id {job_id!r} already exists; choose another id"
-                ) from None
-            except sqlite3.Error as exc:
-                raise _wrap(exc) from exc
-            out.append(_job(row))
+        ids = self._assign_ids(jobs)
+        out = [
+            Job(
+                id=job_id,
+                command=new.command,
+                state=JobState.PENDING,
+                attempts=0,
+                interruptions=0,
+                max_retries=None if new.max_retries is None else int(new.max_retries),
+                timeout=None if new.timeout is None else float(new.timeout),
+                created_at=now,
+                updated_at=now,
+                run_at=float(now if new.run_at is None else new.run_at),
+                cwd=new.cwd,
+                owner_uid=new.owner_uid,
+                idempotent=bool(new.idempotent),
+            )
+            for new, job_id in zip(jobs, ids, strict=True)
+        ]
+        rows = [
+            (
+                j.id,
+                j.command,
+                j.cwd,
+                j.owner_uid,
+                int(j.idempotent),
+                j.max_retries,
+                j.timeout,
+                now,
+                now,
+                j.run_at,
+            )
+            for j in out
+        ]
+        try:
+            # One statement for the whole batch; its own savepoint, so a conflict can be
+            # named below on the state from before the batch.
+            with self.savepoint():
+                self.db.executemany(Q["insert_jobs"], rows)
+        except sqlite3.IntegrityError as exc:
+            seen: set[str] = set()
+            for job_id in ids:
+                if job_id in seen or self._run("job_exists", {"id": job_id}).fetchone():
+                    raise Conflict(
+                        f"a job with id {job_id!r} already exists; choose another id"
+                    ) from None
+                seen.add(job_id)
+            raise _wrap(exc) from exc
+        except sqlite3.Error as exc:
+            raise _wrap(exc) from exc
         return out
 
     def get_job(self, job_id: str, with_history: bool = False) -> Job | None:
@@ -292,6 +333,10 @@ class SQLiteStore(Store):
         return None if row is None else float(row["run_at"])
 
     def finish_attempt(self, result: AttemptResult) -> bool:
+        if not can_transition(JobState.PROCESSING, result.next_state):
+            raise InternalError(
+                f"job {result.job_id!r} cannot go from processing to {result.next_state.value}"
+            )
         row = self._run(
             "finish_job",
             {
@@ -321,6 +366,14 @@ class SQLiteStore(Store):
                 "worker": result.worker,
             },
         )
+        return True
+
+    def release_claim(self, claim: Claim) -> bool:
+        params = {"id": claim.job.id, "token": claim.lease_token, "attempt": claim.attempt}
+        row = self._run("release_job", params).fetchone()
+        if row is None:
+            return False
+        self._run("delete_attempt", {"seq": row["seq"], "attempt": claim.attempt})
         return True
 
     def leased_jobs(self, owner: str | None, expired_before: float | None) -> list[Claim]:

@@ -17,6 +17,11 @@ VALUES (:id, :command, :cwd, :owner_uid, :idempotent, 'pending', :max_retries, :
         :now, :now, :run_at)
 RETURNING *;
 
+-- name: insert_jobs
+INSERT INTO jobs (id, command, cwd, owner_uid, idempotent, max_retries, timeout,
+                  state, created_at, updated_at, run_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?);
+
 -- name: get_job
 SELECT * FROM jobs WHERE id = :id;
 
@@ -77,6 +82,16 @@ UPDATE attempts
 SET started_at = :started_at, finished_at = :finished_at, exit_code = :exit_code,
     outcome = :outcome, error = :error, worker = :worker
 WHERE job_seq = :seq AND attempt = :attempt;
+
+-- name: release_job
+UPDATE jobs
+SET state = 'pending', runs = runs - 1,
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE id = :id AND state = 'processing' AND lease_token = :token AND runs = :attempt
+RETURNING seq;
+
+-- name: delete_attempt
+DELETE FROM attempts WHERE job_seq = :seq AND attempt = :attempt;
 
 -- name: leased_jobs
 SELECT * FROM jobs WHERE state = 'processing' ORDER BY seq;

@@ -1,0 +1,12 @@
+"""Benchmarks: queuectl side by side with the machine's limit and peer queues.
+
+``python -m bench`` (or ``make bench``) installs the peers it compares against
+(task-spooler and nq from Debian, huey with its SQLite storage from PyPI in a
+separate virtual environment), runs every measurement with repetitions
+interleaved (queuectl, peer, queuectl, peer, ...) so that drift on a shared
+machine cancels out, saves the figures as JSON under ``bench/results/`` and
+rewrites the table and chart of ``docs/benchmarks.md``.
+
+``python -m bench --quick`` is the under-a-minute version for tracking: it uses
+the peers already installed and prints one JSON object as its last line.
+"""

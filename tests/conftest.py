@@ -1,0 +1,112 @@
+"""Shared fixtures: a real ``queuectld`` in a temporary directory.
+
+``daemon``
+    A started :class:`~tests.harness.QueueDaemon` (foreground ``queuectld --home TMP
+    --log-format json``, READY awaited over ``--ready-fd``) with a fresh home under
+    ``/tmp`` (short, so the socket path fits AF_UNIX). Stopped with SIGTERM at
+    teardown; processes it left behind are killed; the home is then removed::
+
+        def test_enqueue(daemon: QueueDaemon) -> None:
+            daemon.cli("enqueue", "--id", "a", "--", "true")
+            daemon.cli("worker", "start", "--count", "1")
+            daemon.wait_for_state("a", "completed")
+
+    Helpers: ``run(*args)`` / ``cli(*args)`` / ``cli_json(*args)`` (the real ``queuectl``
+    with ``QUEUECTL_HOME`` set and autostart off), ``client()``, ``restart()``,
+    ``kill9()``, ``stop()``, ``start()``, ``wait_for_state()``, ``watch_until_idle()``,
+    ``job_log()``, ``log_events()``; ``wait_for()`` is in ``tests.harness``.
+
+``@pytest.mark.daemon_config(key=value, ...)``
+    Daemon settings for the ``daemon`` fixture of that test, passed as
+    ``QUEUECTLD_<KEY>`` variables, e.g. ``@pytest.mark.daemon_config(kill_grace=1)``.
+
+``daemon_factory``
+    ``daemon_factory(start=True, **settings)`` makes more daemons (each with its own
+    home), all cleaned up like ``daemon``.
+
+``--long`` runs the tests marked ``slow`` (skipped by default). ``QUEUECTL_TEST_KEEP=1``
+keeps the daemons' home directories (queue.db, logs, ``queuectld.stderr``) for a look
+afterwards; a failed test prints the tail of its daemon's log either way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import hypothesis
+import pytest
+
+from tests.harness import QueueDaemon, short_tmpdir
+
+DaemonFactory = Callable[..., QueueDaemon]
+
+# The machine running the suite may be busy: no per-example deadline, no speed health check.
+hypothesis.settings.register_profile(
+    "queuectl", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+hypothesis.settings.load_profile("queuectl")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", help="also run tests marked slow")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "daemon_config(**settings): QUEUECTLD_* settings for the daemon fixture"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --long")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    # Keep each phase's report on the item, so fixtures can tell a failed test at teardown.
+    report: pytest.TestReport = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def daemon_factory(request: pytest.FixtureRequest) -> Iterator[DaemonFactory]:
+    """``make(start=True, **settings)``: daemons with their own homes, all cleaned up after."""
+    made: list[QueueDaemon] = []
+
+    def make(start: bool = True, **config: Any) -> QueueDaemon:
+        d = QueueDaemon(short_tmpdir(), config)
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    call = getattr(request.node, "report_call", None)
+    for d in made:
+        d.cleanup()
+        if call is not None and call.failed:
+            # Shown under "Captured stdout teardown" of the failed test.
+            tail = "\n".join(d.stderr_text().splitlines()[-80:])
+            print(f"--- queuectld log ({d.home}, {d.starts} starts), last lines ---\n{tail}")
+        if not os.environ.get("QUEUECTL_TEST_KEEP"):
+            shutil.rmtree(d.home, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(request: pytest.FixtureRequest, daemon_factory: DaemonFactory) -> QueueDaemon:
+    """A started queuectld in a fresh home (settings from ``@pytest.mark.daemon_config``)."""
+    config: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers("daemon_config"))):
+        config.update(marker.kwargs)
+    return daemon_factory(**config)

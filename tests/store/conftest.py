@@ -1,0 +1,55 @@
+"""The store contract suite runs once per backend; a real database in every test.
+
+``BACKENDS`` lists the store implementations the ``store`` fixture is parametrized
+over. To add one (PostgreSQL), give :class:`Backend` a branch that creates a fresh,
+empty database (or schema) for the test and returns stores connected to it, and add
+its name to ``BACKENDS``; backend-specific checks (query plans and the like) go in
+their own module, as ``test_sqlite.py`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from queuectld.store.base import Store
+from queuectld.store.sqlite import SQLiteStore
+
+BACKENDS = ["sqlite"]
+
+
+class Backend:
+    """One empty database of one kind; :meth:`open` connects a store to it (again)."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self._open: list[Store] = []
+
+    def open(self) -> Store:
+        if self.kind == "sqlite":
+            store: Store = SQLiteStore(self.tmp_path / "queue.db")
+        else:  # pragma: no cover - a backend named in BACKENDS but not built here
+            raise NotImplementedError(self.kind)
+        store.open()
+        self._open.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self._open:
+            store.close()
+        self._open.clear()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    b = Backend(request.param, tmp_path)
+    yield b
+    b.close_all()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.open()

@@ -1,0 +1,141 @@
+"""What only the SQLite store promises: durability settings, schema, indexes, flat claims.
+
+These look inside the database file (pragmas, query plans, VM instruction counts),
+so they use the SQLite connection directly; the behaviour every backend shares is in
+``test_contract.py``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from queuectl.errors import InternalError
+from queuectl.protocol import JobState
+from queuectld.jobs import NewJob
+from queuectld.store.sqlite import SCHEMA_VERSION, Q, SQLiteStore
+from tests.store.test_contract import result_for
+
+T0 = 1_000_000.0
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "queue.db")
+    store.open()
+    yield store
+    store.close()
+
+
+def plan(db: sqlite3.Connection, sql: str, params: dict[str, object]) -> str:
+    rows = db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+    return "\n".join(str(row[3]) for row in rows)
+
+
+def bulk_pending(db: sqlite3.Connection, count: int, run_at: float, prefix: str) -> None:
+    """Add ``count`` pending jobs in one statement (test set-up only)."""
+    with db:
+        db.execute("BEGIN")
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
+            "INSERT INTO jobs (id, command, state, created_at, updated_at, run_at) "
+            "SELECT :prefix || i, 'true', 'pending', :t, :t, :t FROM n",
+            {"count": count, "t": run_at, "prefix": prefix},
+        )
+
+
+def vm_steps_of_one_claim(store: SQLiteStore, now: float) -> int:
+    """SQLite VM instructions one claim (select, lease, attempt row, triggers) executes."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store.db.set_progress_handler(count, 1)
+    try:
+        with store.transaction():
+            (claim,) = store.claim_due("node", 1, now, 10.0, 30.0)
+    finally:
+        store.db.set_progress_handler(None, 1)
+    assert claim.job.state is JobState.PROCESSING
+    return steps
+
+
+def test_wal_and_full_sync(sqlite_store: SQLiteStore) -> None:
+    db = sqlite_store.db
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_schema_version_is_recorded_in_meta(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    store = SQLiteStore(path)
+    store.open()
+    store.close()
+    raw = sqlite3.connect(path)
+    (value,) = raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert int(value) == SCHEMA_VERSION
+    # A database from a newer queuectld is refused rather than misread.
+    raw.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    raw.commit()
+    raw.close()
+    newer = SQLiteStore(path)
+    with pytest.raises(InternalError, match="newer"):
+        newer.open()
+    newer.close()
+
+
+def test_claim_and_next_due_use_the_jobs_due_index(sqlite_store: SQLiteStore) -> None:
+    db = sqlite_store.db
+    db.execute("ANALYZE")
+    for name in ("select_due", "next_due_at"):
+        text = plan(db, Q[name], {"now": T0, "limit": 1})
+        assert "jobs_due" in text, text
+        assert "TEMP B-TREE" not in text, text  # no sort: the index gives the order
+
+
+def test_counts_kept_by_triggers_match_the_rows(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
+    with store.transaction():
+        store.insert_jobs([NewJob("true", id=f"j{i}") for i in range(10)], T0)
+        claims = store.claim_due("node", 4, T0, 10.0, 30.0)
+    with store.transaction():
+        for c, state in zip(
+            claims,
+            [JobState.COMPLETED, JobState.FAILED, JobState.DEAD, JobState.PENDING],
+            strict=True,
+        ):
+            store.finish_attempt(result_for(c, state))
+        store.retry_dead(claims[2].job.id, T0)
+    actual = dict(store.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+    kept = dict(store.db.execute("SELECT state, n FROM job_counts").fetchall())
+    assert {k: v for k, v in kept.items() if v} == actual
+    assert sum(kept.values()) == 10
+
+
+def test_claim_cost_does_not_grow_with_waiting_jobs(tmp_path: Path) -> None:
+    """The claim path executes the same VM instructions with 100 or 200,000 pending jobs."""
+    small = SQLiteStore(tmp_path / "small.db")
+    large = SQLiteStore(tmp_path / "large.db")
+    small.open()
+    large.open()
+    try:
+        bulk_pending(small.db, 100, T0, "s")
+        bulk_pending(large.db, 200_000, T0, "l")
+        # Jobs not due yet sit in the same index; they must not be walked either.
+        bulk_pending(large.db, 50_000, T0 + 3600, "future")
+        with large.transaction():
+            assert large.count_by_state()[JobState.PENDING] == 250_000
+        small_steps = vm_steps_of_one_claim(small, T0 + 1)
+        large_steps = vm_steps_of_one_claim(large, T0 + 1)
+        assert large_steps <= small_steps * 1.5, (small_steps, large_steps)
+        # And the next claims stay as cheap.
+        assert vm_steps_of_one_claim(large, T0 + 1) <= small_steps * 1.5
+    finally:
+        small.close()
+        large.close()

@@ -1,0 +1,143 @@
+"""Output for people: the seed's event lines and tables; JSON for programs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from queuectl import render
+from queuectl.protocol import AttemptView, JobView, StatusView
+
+T0 = 1_700_000_000.0
+
+
+def job(**over: Any) -> JobView:
+    view: dict[str, Any] = {
+        "id": "job1",
+        "command": "echo Hello QueueCTL",
+        "cwd": "/tmp",
+        "state": "completed",
+        "attempts": 1,
+        "interruptions": 0,
+        "max_retries": 3,
+        "timeout": 10.0,
+        "created_at": T0,
+        "updated_at": T0 + 1,
+        "run_at": T0,
+        "last_exit_code": 0,
+        "last_error": None,
+        "history": [],
+    }
+    view.update(over)
+    return cast(JobView, view)
+
+
+def test_started_and_completed_lines_match_the_seed() -> None:
+    started = {"type": "started", "id": "job1", "command": "echo Hello QueueCTL", "attempt": 1}
+    line = render.event_line(started)
+    assert line is not None
+    assert line.startswith("[INFO] [job1] processing -> `echo Hello QueueCTL`")
+    assert "attempt 1" in line
+    assert render.event_line({"type": "completed", "id": "job1"}) == "[INFO] [job1] completed ✔"
+
+
+def test_failed_line_shows_the_retry_and_its_delay() -> None:
+    event = {
+        "type": "failed",
+        "id": "j",
+        "time": T0,
+        "retry_at": T0 + 4.2,
+        "retry": 2,
+        "max_retries": 3,
+        "error": "exit code 1",
+    }
+    assert render.event_line(event) == "[WARN] [j] failed (exit code 1); retry 2/3 in 4s"
+    late = {**event, "retry_at": T0 - 5}  # a retry already due never shows a negative wait
+    assert render.event_line(late) == "[WARN] [j] failed (exit code 1); retry 2/3 in 0s"
+
+
+def test_dead_pending_enqueued_and_idle_lines() -> None:
+    dead = {"type": "dead", "id": "job_fail", "error": "command not found (exit code 127)"}
+    assert render.event_line(dead) == (
+        "[WARN] [job_fail] moved to DLQ (command not found (exit code 127))"
+    )
+    pending = {"type": "pending", "id": "j", "error": "worker w1 exited with code -9"}
+    line = render.event_line(pending)
+    assert line is not None and line.startswith("[WARN] [j] interrupted (worker w1")
+    assert render.event_line({"type": "enqueued", "id": "j"}) == "[INFO] [j] enqueued"
+    idle = render.event_line({"type": "idle", "time": T0})
+    assert idle is not None and idle.startswith("[INFO] queue drained")
+
+
+def test_unknown_events_print_nothing() -> None:
+    assert render.event_line({"type": "something_new", "id": "j"}) is None
+    assert render.event_line({}) is None
+
+
+def test_table_aligns_columns() -> None:
+    out = render.table(("state", "count"), [("pending", 3), ("dead", None)])
+    lines = out.splitlines()
+    assert lines[0] == "state   | count"
+    assert lines[1] == "--------+------"
+    assert lines[2] == "pending | 3"
+    assert lines[3] == "dead    |"
+
+
+def test_status_lists_every_state_and_the_workers() -> None:
+    view = StatusView(
+        counts={"pending": 2, "completed": 5},
+        workers={"desired": 2, "running": 1, "busy": 1},
+        draining=False,
+        version="0.1.0",
+    )
+    out = render.status(view)
+    rows: dict[str, str] = {}
+    for line in out.splitlines()[2:7]:  # the five state rows
+        state, count = line.split("|")
+        rows[state.strip()] = count.strip()
+    assert rows == {"pending": "2", "processing": "0", "completed": "5", "failed": "0", "dead": "0"}
+    assert "workers: 1 running / 2 desired, 1 busy" in out
+    assert "draining" not in out
+    assert "draining" in render.status({**view, "draining": True})
+
+
+def test_jobs_table_and_paging_note() -> None:
+    out = render.jobs([job(), job(id="job2", state="dead", attempts=4, last_exit_code=127)], 5)
+    assert "job1" in out and "completed" in out and "1/4" in out
+    assert "job2" in out and "dead" in out and "4/4" in out and "127" in out
+    assert "(2 of 5 shown" in out
+    assert "shown" not in render.jobs([job()], 1)
+    long = render.jobs([job(command="x" * 200)], 1)
+    assert "…" in long and "x" * 60 not in long
+
+
+def test_job_detail_shows_the_history() -> None:
+    history = [
+        AttemptView(
+            attempt=1,
+            started_at=T0,
+            finished_at=T0 + 0.5,
+            exit_code=1,
+            outcome="failed",
+            error="exit code 1",
+            worker="w1",
+        ),
+        AttemptView(
+            attempt=2,
+            started_at=T0 + 3,
+            finished_at=None,
+            exit_code=None,
+            outcome=None,
+            error=None,
+            worker="w2",
+        ),
+    ]
+    out = render.job_detail(job(state="processing", history=history, last_error="exit code 1"))
+    assert "id:          job1" in out
+    assert "last error:  exit code 1" in out
+    assert "0.500s" in out
+    assert "running" in out  # the attempt still under way
+
+
+def test_to_json_handles_bytes() -> None:
+    assert json.loads(render.to_json({"data": b"hi\xff", "n": 1})) == {"data": "hi\ufffd", "n": 1}
