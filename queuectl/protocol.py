@@ -587,7 +587,7 @@ class RunJob:
     uid: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"kind": "run", **dataclasses.asdict(self)}
+        return {"kind": "run", **vars(self)}  # flat fields: no deep copy needed
 
 
 @dataclass(frozen=True)
@@ -623,7 +623,7 @@ class JobFinished:
     finished_at: float
 
     def to_wire(self) -> dict[str, Any]:
-        return {"kind": "finished", **dataclasses.asdict(self), "outcome": self.outcome.value}
+        return {"kind": "finished", **vars(self), "outcome": self.outcome.value}
 
     @classmethod
     def from_wire(cls, msg: Mapping[str, Any]) -> JobFinished:
@@ -641,7 +641,7 @@ class JobStarted:
     pgid: int
 
     def to_wire(self) -> dict[str, Any]:
-        return {"kind": "started", **dataclasses.asdict(self)}
+        return {"kind": "started", **vars(self)}
 
 
 @dataclass(frozen=True)

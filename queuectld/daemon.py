@@ -142,6 +142,7 @@ class Daemon:
         self.dispatcher = Dispatcher(self.committer, self.events, cfg, lambda: self.settings)
         worker_env = hide_from_children(dict(os.environ))
         worker_env.pop("QUEUECTL_SOCKET", None)
+        worker_env[procs.QUEUE_TAG] = cfg.database  # inherited by jobs: see procs.find_job_groups
 
         async def spawn() -> WorkerProcess:
             return await procs.spawn_worker(worker_env)
@@ -153,6 +154,7 @@ class Daemon:
         self.supervisor = Supervisor(
             spawn, worker_ready, self.dispatcher.on_finished, self.dispatcher.on_lost
         )
+        self.supervisor.queue_tag = cfg.database
         self.dispatcher.supervisor = self.supervisor
         recovered = await self.dispatcher.recover()
 

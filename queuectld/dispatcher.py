@@ -182,6 +182,13 @@ class Dispatcher:
         owner, now = self.owner, time.time()
         held = await self.committer.call(lambda s: s.leased_jobs(owner, None))
         expired = await self.committer.call(lambda s: s.leased_jobs(None, now))
+        if held:
+            # A daemon killed together with its workers (OOM, SIGKILL to the whole unit)
+            # can leave jobs running: stop them before they are handed out again.
+            ids = {claim.job.id for claim in held}
+            for group in procs.find_job_groups(self.config.database, ids):
+                log.warning("orphaned_job_killed", pgid=group)
+                procs.signal_group(group, signal.SIGKILL)
         seen: set[str] = set()
         for claim in [*held, *expired]:
             if claim.job.id in seen:

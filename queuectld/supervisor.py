@@ -113,6 +113,7 @@ class Supervisor:
         self._respawn_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._changed = asyncio.Event()
+        self.queue_tag = ""  # the QUEUECTL_QUEUE value of this daemon's jobs
 
     # -- views ----------------------------------------------------------------
 
@@ -295,10 +296,14 @@ class Supervisor:
         self.workers.pop(worker.name, None)
         self._changed.set()
         if claim is not None:
-            if pgid is not None:
-                # The worker died with its job running: end the job's group so the
-                # job never runs twice at once once it is handed out again.
-                procs.signal_group(pgid, signal.SIGKILL)
+            # The worker died with its job running: end the job's group so the job
+            # never runs twice at once once it is handed out again. If the worker died
+            # before it could say which group that is, find it by the job's tag.
+            groups = {pgid} if pgid is not None else set()
+            if pgid is None and self.queue_tag:
+                groups = procs.find_job_groups(self.queue_tag, {claim.job.id})
+            for group in groups:
+                procs.signal_group(group, signal.SIGKILL)
             await self._on_lost(worker, claim, f"worker {worker.name} exited with code {code}")
         if expected:
             log.debug("worker_exited", worker=worker.name, code=code)

@@ -291,10 +291,14 @@ def wait_drained(daemon: DaemonProcess, timeout: float) -> dict[str, int]:
             raise AssertionError(f"queue not drained: {counts(c)}\n{daemon.log_tail()}") from None
 
 
-def all_jobs(client: Client) -> list[JobView]:
-    jobs, total = client.list_jobs(limit=100_000)
-    assert len(jobs) == total
-    return jobs
+def all_jobs(client: Client, page: int = 2000) -> list[JobView]:
+    """Every job, a page at a time (a reply must fit in one 4 MiB frame)."""
+    jobs: list[JobView] = []
+    while True:
+        chunk, total = client.list_jobs(limit=page, offset=len(jobs))
+        jobs += chunk
+        if not chunk or len(jobs) >= total:
+            return jobs
 
 
 def side_effects(path: Path) -> Counter[str]:
