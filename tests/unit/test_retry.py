@@ -134,3 +134,15 @@ def test_transition_table() -> None:
     assert not can_transition(JobState.PENDING, JobState.COMPLETED)
     assert not can_transition(JobState.PROCESSING, JobState.PROCESSING)
     assert set(TRANSITIONS) == set(JobState)
+
+
+def test_an_interrupted_job_that_is_not_idempotent_is_dead_at_once() -> None:
+    policy = RetryPolicy(max_interruptions=5)
+    step = next_step(Outcome.INTERRUPTED, 0, 0, 3, policy, 100.0, idempotent=False)
+    assert step.state is JobState.DEAD
+    assert step.interruptions == 1
+    assert step.attempts == 0
+    assert step.reason is not None and "not idempotent" in step.reason
+    # A failure of such a job is retried as usual: only re-runs after interruptions are refused.
+    failed = next_step(Outcome.FAILED, 0, 0, 3, policy, 100.0, idempotent=False)
+    assert failed.state is JobState.FAILED
