@@ -47,6 +47,7 @@ uninstall-service:
 	packaging/install.sh --uninstall
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench
 
 clean:

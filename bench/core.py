@@ -51,15 +51,36 @@ def ratio_samples(a: Sequence[float | None], b: Sequence[float | None]) -> list[
     return [x / y for x, y in zip(a, b, strict=False) if x is not None and y]
 
 
+_RUN_DIR: Path | None = None
+
+
+def run_dir() -> Path:
+    """One directory for the whole run, on the disk the user's state would be on (not tmpfs)."""
+    global _RUN_DIR
+    if _RUN_DIR is None:
+        base = os.environ.get("BENCH_TMPDIR") or tempfile.gettempdir()
+        _RUN_DIR = Path(tempfile.mkdtemp(prefix="qbench-", dir=base))
+    return _RUN_DIR
+
+
+def cleanup() -> None:
+    """Remove everything the run created (called once, at the very end)."""
+    global _RUN_DIR
+    if _RUN_DIR is not None:
+        shutil.rmtree(_RUN_DIR, ignore_errors=True)
+        _RUN_DIR = None
+
+
 @contextlib.contextmanager
 def temp_dir(prefix: str) -> Iterator[Path]:
-    """A fresh directory on the disk the user's state would be on (not tmpfs), removed after."""
-    base = os.environ.get("BENCH_TMPDIR") or tempfile.gettempdir()
-    path = Path(tempfile.mkdtemp(prefix=f"qbench-{prefix}-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    """A fresh directory for one measurement.
+
+    It is removed only at the end of the run: on ext4, creating a file costs far more
+    for a minute after many files were deleted nearby (the allocator skips recently
+    deleted inodes one by one), and every queue here creates a file per job, so deleting
+    one measurement's thousands of files would slow the next one down.
+    """
+    yield Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=run_dir()))
 
 
 def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-TASKS = '''
+TASKS = """
 import os, subprocess
 from huey import SqliteHuey
 
@@ -29,7 +29,7 @@ huey = SqliteHuey("bench", filename=os.environ["BENCH_HUEY_DB"], fsync=True)
 @huey.task()
 def sh(command):
     return subprocess.run(["/bin/sh", "-c", command]).returncode
-'''
+"""
 
 
 def setup(directory: str) -> None:
@@ -49,7 +49,7 @@ def consumer(directory: str, delay: str) -> subprocess.Popen[bytes]:
         cwd=directory,
         env={**os.environ, "PYTHONPATH": directory},
         stdout=subprocess.DEVNULL,
-        stderr=open(os.path.join(directory, "consumer.log"), "ab"),  # noqa: SIM115
+        stderr=open(os.path.join(directory, "consumer.log"), "ab"),
     )
 
 
@@ -93,6 +93,12 @@ def enqueue(n: int, directory: str) -> dict[str, float]:
     return {"jobs_per_s": n / (time.perf_counter() - t0), "jobs": n}
 
 
+def _time_open(fifo: str, stamp: list[float]) -> None:
+    fd = os.open(fifo, os.O_RDONLY)  # returns when the task's shell opens it for writing
+    stamp.append(time.perf_counter())
+    os.close(fd)
+
+
 def pickup(n: int, directory: str) -> dict[str, float]:
     """Latency from the enqueue call to the task's shell opening a FIFO (consumer idle)."""
     from bench_tasks import sh
@@ -109,12 +115,7 @@ def pickup(n: int, directory: str) -> dict[str, float]:
         for i in range(n):
             stamp: list[float] = []
 
-            def reader() -> None:
-                fd = os.open(fifo, os.O_RDONLY)
-                stamp.append(time.perf_counter())
-                os.close(fd)
-
-            thread = threading.Thread(target=reader)
+            thread = threading.Thread(target=_time_open, args=(fifo, stamp))
             thread.start()
             time.sleep(0.002)
             t0 = time.perf_counter()

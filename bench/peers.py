@@ -101,15 +101,33 @@ class Release:
         self.paths = [directory / f"release{i}.fifo" for i in range(count)]
         for p in self.paths:
             os.mkfifo(p)
+        self.released = False
+
+    def __enter__(self) -> Release:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.released:  # a measurement failed half-way: never leave a blocker behind
+            self.go(timeout=2.0)
 
     def blocker(self, i: int) -> list[str]:
         return ["sh", "-c", f"read x < {self.paths[i]}; true"]
 
-    def go(self) -> None:
+    def go(self, timeout: float = 10.0) -> None:
+        """Release every blocker (waiting, up to ``timeout``, for each to be reading)."""
+        self.released = True
+        deadline = time.monotonic() + timeout
         for p in self.paths:
-            with contextlib.suppress(OSError):
-                fd = os.open(p, os.O_WRONLY | os.O_NONBLOCK)  # fails if no blocker reads
+            while True:
+                try:
+                    fd = os.open(p, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: no reader yet
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.005)
+                    continue
                 os.close(fd)
+                break
 
 
 def _quiet(cmd: list[str], env: dict[str, str], timeout: float = 60.0) -> str:
@@ -138,8 +156,7 @@ def _tsp(directory: Path) -> Iterator[tuple[str, dict[str, str]]]:
 def tsp_drain(n: int) -> float:
     """Jobs/s of task-spooler with 2 slots; ``n`` is capped at what it accepts."""
     n = min(n, TSP_MAX_JOBS)
-    with temp_dir("tsp") as d, _tsp(d) as (exe, env):
-        release = Release(d, 1)
+    with temp_dir("tsp") as d, _tsp(d) as (exe, env), Release(d, 1) as release:
         _quiet([exe, "-S", "1"], env)
         _quiet([exe, *release.blocker(0)], env)
         last = ""
@@ -182,10 +199,11 @@ def cli_peer_session(name: str) -> Iterator[tuple[list[str], dict[str, str]] | N
                 release.go()
         return
     if name == "nq":
-        exe = nq_binary()
-        if exe is None:
+        nq = nq_binary()
+        if nq is None:
             yield None
             return
+        exe = nq
         with temp_dir("nq-cli") as d:
             env = {**os.environ, "NQDIR": str(d)}
             release = Release(d, 1)
@@ -206,8 +224,7 @@ def nq_drain(n: int) -> float:
     """Jobs/s of nq with two queue directories (nq runs one job at a time per directory)."""
     exe = nq_binary()
     assert exe is not None
-    with temp_dir("nq") as d:
-        release = Release(d, 2)
+    with temp_dir("nq") as d, Release(d, 2) as release:
         envs = []
         for i in range(2):
             (d / f"q{i}").mkdir()

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from bench.core import (
     children_of,
@@ -135,8 +134,9 @@ def batch_enqueue(n: int = 10_000) -> float:
     return n / elapsed
 
 
-def cli_commands(d: Daemon) -> tuple[list[str], dict[str, str]]:
-    return [str(BIN / "queuectl"), "enqueue", "--", "true"], d.env
+def cli_command() -> list[str]:
+    """One ``queuectl enqueue`` as a user types it (the console script of this interpreter)."""
+    return [str(BIN / "queuectl"), "enqueue", "--", "true"]
 
 
 def idle_rss(d: Daemon, client: Client) -> dict[str, float]:
@@ -223,5 +223,55 @@ def pickup(samples: int = 100) -> dict[str, float]:
     return {"p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "samples": len(lat)}
 
 
-def status_snapshot(client: Client) -> dict[str, Any]:
-    return dict(client.status())
+def build_store(path: Path, pending: int) -> None:
+    """A queue database holding ``pending`` waiting jobs (made through the store itself)."""
+    from queuectld.jobs import NewJob
+    from queuectld.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        now = time.time()
+        for start in range(0, pending, 10_000):
+            batch = [NewJob("true", id=f"j{i}") for i in range(start, min(pending, start + 10_000))]
+            with store.transaction():
+                store.insert_jobs(batch, now)
+    finally:
+        store.close()
+
+
+def claim_cost(path: Path, rounds: int = 20, per_round: int = 50) -> float:
+    """Microseconds per claim (``claim_due`` of one job), inside a transaction rolled back.
+
+    The commit (one fsync, the same at any queue size) is left out: this is the index
+    lookup and the row updates whose cost must not grow with the number of waiting jobs.
+    """
+    from queuectld.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        db = store.db
+        now = time.time()
+        total = 0.0
+        for _ in range(rounds):
+            db.execute("BEGIN IMMEDIATE")
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                if not store.claim_due("bench", 1, now, 10.0, 35.0):
+                    raise RuntimeError("no job left to claim")
+            total += time.perf_counter() - t0
+            db.execute("ROLLBACK")
+    finally:
+        store.close()
+    return total / (rounds * per_round) * 1e6
+
+
+def one_process(cmd: list[str], env: dict[str, str]) -> float:
+    """Milliseconds for one command to run to its end."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True)
+    elapsed = (time.perf_counter() - t0) * 1000
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.decode(errors='replace')[:200]}")
+    return elapsed

@@ -193,7 +193,8 @@ class Request:
         try:
             return cls(rid=rid, op=Op(str(op)), args=args)
         except ValueError:
-            raise InvalidRequest(f"unknown operation {op!r}") from None
+            shown = repr(op) if len(repr(op)) <= 40 else repr(op)[:40] + "..."
+            raise InvalidRequest(f"unknown operation {shown}") from None
 
 
 @dataclass(frozen=True)
@@ -596,6 +597,32 @@ class CancelJob:
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "cancel"}
+
+
+@dataclass(frozen=True)
+class RevokeJob:
+    """Daemon -> worker: a job queued behind the running one is wanted elsewhere.
+
+    A worker may hold one job queued behind the one it runs (short jobs, so that it never
+    waits for the daemon between two). If that job has not started, the worker hands it
+    back with :class:`JobRevoked`; if it has, the worker ignores this.
+    """
+
+    job_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "revoke", "job_id": self.job_id}
+
+
+@dataclass(frozen=True)
+class JobRevoked:
+    """Worker -> daemon: a queued job was handed back without being started."""
+
+    job_id: str
+    attempt: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "revoked", "job_id": self.job_id, "attempt": self.attempt}
 
 
 class Outcome(enum.StrEnum):

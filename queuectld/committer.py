@@ -5,6 +5,12 @@ with one fsync (SQLite WAL, ``synchronous=FULL``), and callers are answered only
 it. While one commit is in flight new calls queue up, and the next transaction takes
 them all, so the cost of a sync is shared by everyone who arrived during the last one.
 Each call runs in its own savepoint: a refused request rolls back alone.
+
+One hook may add work to every transaction: :attr:`Committer.before_commit` runs last
+in it (the dispatcher claims jobs for idle workers there, so a job enqueued while a
+worker waits is claimed in the enqueue's own commit, not one sync later). What it
+returns is called on the event loop once the transaction is committed, before the
+callers are answered.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ class Committer:
         self._thread = threading.Thread(target=self._run, name="queuectld-store", daemon=True)
         self.transactions = 0
         self.calls = 0
+        # Runs on this thread at the end of each transaction; returns what to run on the
+        # loop after the commit (or None). Its failure rolls back its own work only.
+        self.before_commit: Callable[[Store], Callable[[], None] | None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -79,6 +88,7 @@ class Committer:
 
     def _commit(self, batch: list[tuple[StoreCall, asyncio.Future[Any]]]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        after: Callable[[], None] | None = None
         try:
             with self.store.transaction():
                 for fn, fut in batch:
@@ -90,20 +100,38 @@ class Committer:
                     except Exception as exc:
                         log.exception("store_call_failed")
                         results.append((fut, None, InternalError(f"store call failed: {exc}")))
+                hook = self.before_commit
+                if hook is not None:
+                    try:
+                        with self.store.savepoint():
+                            after = hook(self.store)
+                    except Exception:
+                        log.exception("before_commit_failed")
+                        after = None
         except QueuectlError as exc:
             # The commit itself failed (disk full, I/O error): nothing of the batch is kept.
             log.error("commit_failed", error=str(exc), calls=len(batch))
             results = [(fut, None, exc) for _, fut in batch]
+            after = None
         except Exception as exc:
             log.exception("commit_failed")
             err = InternalError(f"store commit failed: {exc}")
             results = [(fut, None, err) for _, fut in batch]
+            after = None
         self.transactions += 1
         self.calls += len(batch)
-        self._loop.call_soon_threadsafe(_deliver, results)
+        self._loop.call_soon_threadsafe(_deliver, results, after)
 
 
-def _deliver(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _deliver(
+    results: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+    after: Callable[[], None] | None = None,
+) -> None:
+    if after is not None:
+        try:
+            after()
+        except Exception:
+            log.exception("after_commit_failed")
     for fut, value, error in results:
         if fut.cancelled():
             continue

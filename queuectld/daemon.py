@@ -92,9 +92,6 @@ class Daemon:
         self._drain_deadline = 0.0
         self.server: server.ControlServer | None = None
 
-    def caller_uid(self) -> int | None:
-        return server.caller_uid()
-
     def request_stop(self) -> None:
         """Begin a graceful drain; a second request stops running jobs at once."""
         self._stop_requests += 1

@@ -33,7 +33,7 @@ import structlog
 
 from queuectl.errors import QueuectlError
 from queuectl.protocol import JobFinished, JobState, Outcome, RunJob
-from queuectld import joblog, procs
+from queuectld import procs
 from queuectld.committer import Committer
 from queuectld.config import DaemonConfig
 from queuectld.events import EventBus
@@ -46,7 +46,7 @@ log = structlog.get_logger("queuectld.dispatcher")
 
 # Claim ahead about this much work (by the recent average run time), at most
 # PREFETCH_MAX_PER_WORKER jobs a worker; jobs that run longer are never claimed ahead.
-PREFETCH_HORIZON_S = 0.01
+PREFETCH_HORIZON_S = 0.05
 PREFETCH_MAX_PER_WORKER = 8
 # A job claimed ahead that has not reached a worker after this long is given back.
 READY_MAX_AGE_S = 1.0
@@ -103,7 +103,7 @@ class Dispatcher:
         self.owner = config.node_id
         # A root daemon serves several users: each job runs as the user who submitted it.
         self.run_as_owner = os.geteuid() == 0
-        self.paused = False
+        self._paused = False
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -119,10 +119,33 @@ class Dispatcher:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_due = False
         self._closing = False
+        # Idle workers with nothing on its way to them: every store transaction claims
+        # for them before it commits (see _claim_in_commit).
+        self._hook_demand = 0
 
     # -- lifecycle ------------------------------------------------------------
 
+    @property
+    def paused(self) -> bool:
+        """True while draining: no claims; jobs queued on workers or held ahead go back."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._paused = value
+        if value:
+            self._hook_demand = 0
+        if value and self.supervisor is not None:
+            for worker in list(self.supervisor.workers.values()):
+                for claim in worker.queued:
+                    self.supervisor.revoke(worker, claim)
+            self._flush_due = True
+            self.wake()
+
     def start(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.on_revoked = self.on_revoked
+        self.committer.before_commit = self._claim_in_commit
         self._task = asyncio.create_task(self._run(), name="dispatcher")
         self._tick = asyncio.create_task(self._safety_tick(), name="safety-tick")
         self.wake()
@@ -133,6 +156,8 @@ class Dispatcher:
             self._tick.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tick
+        self._hook_demand = 0
+        self.committer.before_commit = None
         if self._task is not None:
             self._closing = True
             self.wake()
@@ -312,24 +337,92 @@ class Dispatcher:
         now_m = time.monotonic()
         self._ready.extend(_Ready(claim, now_m) for claim in claims)
         self._feed_idle()
+        self._update_demand()
         if self._more_due:
             self.wake()  # there may be more due jobs and more idle workers
         elif next_due is not None:
             self.wake_at(next_due)
 
     def _feed_idle(self) -> None:
-        """Hand jobs from the ready list to idle workers, at once."""
+        """Hand jobs from the ready list to idle workers, at once; then queue one behind
+        the running job of each busy worker, so that none waits for the daemon between
+        two short jobs. An idle worker with nothing ready takes a queued job back."""
         sup = self.supervisor
-        if sup is None or not self._ready or self.paused or self._closing:
+        if sup is None or self.paused or self._closing:
             return
         idle = sup.idle()
-        if not idle:
+        if not self._ready:
+            if idle:
+                self._revoke_queued(len(idle))
             return
         default_timeout = float(self._settings()["default-timeout"])
         while idle and self._ready:
             self._dispatch(idle.pop(0), self._ready.popleft().claim, default_timeout)
+        if self._ready and self._target() > 0:
+            for worker in sup.can_queue():
+                if not self._ready or not self._ready[0].claim.job.idempotent:
+                    break  # a job that must not run twice waits for an idle worker
+                claim = self._ready.popleft().claim
+                self._dispatch(worker, claim, default_timeout, queued=True)
 
-    def _dispatch(self, worker: Worker, claim: Claim, default_timeout: float) -> None:
+    def _update_demand(self) -> None:
+        sup = self.supervisor
+        if sup is None or self.paused or self._closing or self._ready:
+            self._hook_demand = 0
+        else:
+            self._hook_demand = len(sup.idle())
+
+    def _claim_in_commit(self, store: Store) -> Callable[[], None] | None:
+        """Store thread, end of every transaction: claim for workers waiting with nothing.
+
+        A job enqueued while a worker is idle is thus claimed in the enqueue's own commit
+        and handed out as soon as it is durable, one sync sooner than by a cycle.
+        """
+        demand = self._hook_demand
+        if demand <= 0:
+            return None
+        default_timeout = float(self._settings()["default-timeout"])
+        margin = self.config.kill_grace + self.config.lease_margin
+        claims = store.claim_due(self.owner, demand, time.time(), default_timeout, margin)
+        if not claims:
+            return None
+        self._hook_demand = max(0, self._hook_demand - len(claims))
+
+        def take() -> None:
+            now_m = time.monotonic()
+            self._ready.extend(_Ready(claim, now_m) for claim in claims)
+            self._feed_idle()
+            self._update_demand()
+            self.wake()  # a cycle gives back what no worker took, or claims more
+
+        return take
+
+    def _revoke_queued(self, count: int) -> None:
+        assert self.supervisor is not None
+        for worker in list(self.supervisor.workers.values()):
+            if count <= 0:
+                return
+            for claim in worker.queued:
+                if claim.job.id not in worker.revoking:
+                    self.supervisor.revoke(worker, claim)
+                    count -= 1
+                    break
+
+    async def on_revoked(self, worker: Worker, claim: Claim) -> None:
+        """A job queued on a worker came back unstarted: next in line again (or given back)."""
+        self._assignments.pop(claim.job.id, None)
+        sup = self.supervisor
+        if self.paused or self._closing or sup is None or sup.desired == 0:
+            self._give_back.append(claim)
+            self.wake()
+            return
+        self._ready.appendleft(_Ready(claim, time.monotonic()))
+        self._feed_idle()
+        self._update_demand()
+
+    def _dispatch(
+        self, worker: Worker, claim: Claim, default_timeout: float, queued: bool = False
+    ) -> None:
         assert self.supervisor is not None
         job = claim.job
         timeout = job.timeout if job.timeout is not None else default_timeout
@@ -342,12 +435,17 @@ class Dispatcher:
             cwd=cwd,
             timeout=timeout,
             kill_grace=self.config.kill_grace,
-            log_path=str(joblog.log_path(self.config.log_dir, job.id)),
+            # joblog.log_path without building a Path per job (log_dir is normalized)
+            log_path=os.path.join(self.config.log_dir, f"job_{job.id}.txt"),
             log_max_bytes=self.config.log_max_bytes,
             uid=uid,
         )
         hung_after = timeout + self.config.kill_grace + self.config.lease_margin
-        self._assignments[job.id] = Assignment(worker, claim, time.monotonic() + hung_after)
+        start = time.monotonic()
+        running = self._assignments.get(worker.claim.job.id) if worker.claim else None
+        if queued and running is not None:
+            start = running.deadline  # it starts when the running job ends, at the latest
+        self._assignments[job.id] = Assignment(worker, claim, start + hung_after)
         self.events.publish(
             "started",
             id=job.id,
@@ -357,7 +455,10 @@ class Dispatcher:
             owner_uid=job.owner_uid,
         )
         log.debug("job_started", job_id=job.id, attempt=claim.attempt, worker=worker.name)
-        self.supervisor.assign(worker, claim, run)
+        if queued:
+            self.supervisor.queue_next(worker, claim, run)
+        else:
+            self.supervisor.assign(worker, claim, run)
 
     # -- outcomes -------------------------------------------------------------
 
@@ -381,7 +482,14 @@ class Dispatcher:
                 worker.name,
             )
         )
-        self.wake()
+        self._update_demand()
+        if self._urgent():
+            self.wake()
+        elif self._flush_timer is None and not self._flush_due:
+            # Every worker has work: record this outcome with the next ones, a moment
+            # later (no need to wake the dispatcher task for each job).
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(RECORD_DELAY_S, self._flush_now)
 
     async def on_lost(self, worker: Worker, claim: Claim, reason: str) -> None:
         """A worker died holding a job: the job goes back to the queue, marked interrupted."""

@@ -7,14 +7,17 @@ takes its children and grandchildren with it.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    # Imported where used: a worker process never needs asyncio (about 7 MB each), nor
+    # subprocess unless it runs a job as another user.
+    import asyncio
 
 SHELL = "/bin/sh"
 
@@ -118,6 +121,8 @@ def spawn_job(
             setsigdef=_RESTORED_SIGNALS,
         )
         return JobProcess(pid)
+    import subprocess
+
     return subprocess.Popen(
         [SHELL, "-c", command],
         stdin=subprocess.DEVNULL,
@@ -191,6 +196,8 @@ async def spawn_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
     Workers get a session of their own so a Ctrl-C meant for a foreground daemon does
     not reach them; the daemon decides when they stop.
     """
+    import asyncio
+
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -26,6 +26,7 @@ from queuectl.protocol import (
     CancelJob,
     FrameBuffer,
     JobFinished,
+    RevokeJob,
     RunJob,
     pack,
 )
@@ -38,6 +39,9 @@ log = structlog.get_logger("queuectld.supervisor")
 RESPAWN_BASE_S = 0.1
 RESPAWN_MAX_S = 30.0
 CRASH_WINDOW_S = 60.0
+# A worker that dies sooner than this after it started counts towards a crash loop; one
+# killed later (by its job, by an operator) is simply replaced at once.
+SHORT_LIVED_S = 5.0
 READ_CHUNK = 65536
 
 
@@ -82,6 +86,9 @@ class Worker:
     state: WorkerState = WorkerState.STARTING
     claim: Claim | None = None
     job_pgid: int | None = None
+    # Jobs sent ahead to run after ``claim`` (short jobs): not started until it ends.
+    queued: list[Claim] = field(default_factory=list)
+    revoking: set[str] = field(default_factory=set)  # queued job ids asked back
     retire_after_job: bool = False
     started_at: float = field(default_factory=time.monotonic)
     reader: asyncio.Task[None] | None = None
@@ -114,6 +121,9 @@ class Supervisor:
         self._stopping = False
         self._changed = asyncio.Event()
         self.queue_tag = ""  # the QUEUECTL_QUEUE value of this daemon's jobs
+        # Called with a queued job the worker handed back unstarted (or that it never
+        # started because it exited). Jobs are queued on workers only when this is set.
+        self.on_revoked: Callable[[Worker, Claim], Awaitable[None]] | None = None
 
     # -- views ----------------------------------------------------------------
 
@@ -122,6 +132,16 @@ class Supervisor:
 
     def busy(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.state is WorkerState.BUSY]
+
+    def can_queue(self) -> list[Worker]:
+        """Busy workers that may take one job queued behind the one they run."""
+        if self._stopping or self.on_revoked is None:
+            return []
+        return [
+            w
+            for w in self.workers.values()
+            if w.state is WorkerState.BUSY and not w.queued and not w.retire_after_job
+        ]
 
     @property
     def running(self) -> int:
@@ -148,6 +168,8 @@ class Supervisor:
             for worker in order[:excess]:
                 if worker.state is WorkerState.BUSY:
                     worker.retire_after_job = True
+                    for queued in worker.queued:
+                        self.revoke(worker, queued)  # only the running job finishes
                 else:
                     self._retire(worker)
         elif excess < 0:
@@ -186,6 +208,22 @@ class Supervisor:
             worker.proc.stdin.write(pack(job.to_wire()))
         except (ConnectionError, RuntimeError):
             pass  # the reader task sees the exit and returns the job to the queue
+
+    def queue_next(self, worker: Worker, claim: Claim, job: RunJob) -> None:
+        """Send a busy worker ``claim`` to start as soon as its running job ends."""
+        worker.queued.append(claim)
+        try:
+            worker.proc.stdin.write(pack(job.to_wire()))
+        except (ConnectionError, RuntimeError):
+            pass  # the reader task sees the exit and hands the job back
+
+    def revoke(self, worker: Worker, claim: Claim) -> None:
+        """Ask a worker for a queued job back (another worker is idle)."""
+        if claim.job.id in worker.revoking:
+            return
+        worker.revoking.add(claim.job.id)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            worker.proc.stdin.write(pack(RevokeJob(claim.job.id).to_wire()))
 
     def cancel_running(self) -> None:
         """Tell every busy worker to stop its job now (drain deadline passed)."""
@@ -270,9 +308,22 @@ class Supervisor:
                 self._on_ready()
         elif kind == "started":
             worker.job_pgid = int(msg["pgid"])
+        elif kind == "revoked":
+            job_id = msg.get("job_id")
+            for queued in worker.queued:
+                if queued.job.id == job_id:
+                    worker.queued.remove(queued)
+                    worker.revoking.discard(queued.job.id)
+                    if self.on_revoked is not None:
+                        await self.on_revoked(worker, queued)
+                    break
         elif kind == "finished":
             claim, worker.claim, worker.job_pgid = worker.claim, None, None
-            if worker.state is WorkerState.BUSY:
+            if worker.queued:
+                # The worker starts its queued job now: it stays busy.
+                worker.claim = worker.queued.pop(0)
+                worker.revoking.discard(worker.claim.job.id)
+            elif worker.state is WorkerState.BUSY:
                 if worker.retire_after_job or self._stopping:
                     worker.retire_after_job = False
                     self._retire(worker)
@@ -291,6 +342,9 @@ class Supervisor:
         expected = worker.state is WorkerState.RETIRING
         claim, pgid = worker.claim, worker.job_pgid
         worker.claim = None
+        # Queued jobs never started: the worker reports "finished" for the running job
+        # before it starts the next, and every frame it sent was read before EOF.
+        unstarted, worker.queued = worker.queued, []
         if worker.state is not WorkerState.EXITED:
             worker.move(WorkerState.EXITED)
         self.workers.pop(worker.name, None)
@@ -305,6 +359,9 @@ class Supervisor:
             for group in groups:
                 procs.signal_group(group, signal.SIGKILL)
             await self._on_lost(worker, claim, f"worker {worker.name} exited with code {code}")
+        for queued in unstarted:
+            if self.on_revoked is not None:
+                await self.on_revoked(worker, queued)
         if expected:
             log.debug("worker_exited", worker=worker.name, code=code)
         else:
@@ -316,7 +373,8 @@ class Supervisor:
                 job_id=claim.job.id if claim else None,
                 attempt=claim.attempt if claim else None,
             )
-            self._note_crash()
+            if time.monotonic() - worker.started_at < SHORT_LIVED_S:
+                self._note_crash()  # only a worker that cannot stay up is a crash loop
         if not self._stopping:
             await self._reconcile()
 

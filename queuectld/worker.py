@@ -26,6 +26,7 @@ from typing import Any
 from queuectl.protocol import (
     FrameBuffer,
     JobFinished,
+    JobRevoked,
     JobStarted,
     Outcome,
     RunJob,
@@ -85,6 +86,28 @@ class Channel:
             self.closed = True
             return
         self.pending.extend(self.frames.feed(data))
+
+    def hand_back(self, everything: bool) -> None:
+        """Answer revoke requests: a queued job not started yet goes back (``revoked``).
+
+        With ``everything`` (a cancel: the drain deadline passed) every queued job goes back.
+        """
+        wanted = {m.get("job_id") for m in self.pending if m.get("kind") == "revoke"}
+        if not wanted and not everything:
+            return
+        keep: list[dict[str, Any]] = []
+        for m in self.pending:
+            kind = m.get("kind")
+            if kind == "revoke":
+                continue
+            if kind == "run" and (everything or m.get("job_id") in wanted):
+                try:
+                    self.send(JobRevoked(str(m.get("job_id")), int(m.get("attempt", 0))).to_wire())
+                except BrokenPipeError:
+                    self.closed = True
+                continue
+            keep.append(m)
+        self.pending = keep
 
     def next_message(self) -> dict[str, Any] | None:
         """Block until a message arrives; ``None`` once the daemon has closed the pipe."""
@@ -192,6 +215,7 @@ def run_job(job: RunJob, channel: Channel, env: dict[str, str]) -> JobFinished:
                         m.get("kind") == "cancel" for m in channel.pending
                     )
                     channel.pending = [m for m in channel.pending if m.get("kind") != "cancel"]
+                    channel.hand_back(everything=cancel)
                     if channel.closed:
                         # The daemon died (see above): SIGKILL, no grace period.
                         interrupted = True

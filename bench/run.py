@@ -1,0 +1,353 @@
+"""``python -m bench``: every measurement, repetitions interleaved, results saved, report written.
+
+Each *round* measures every system once, one after the other (queuectl, peer,
+queuectl, peer, ...), and ratios are taken within a round, so that the drift of a
+shared, noisy machine cancels out. Every figure is reported as the median of the
+rounds with their min-max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import ceiling, peers, qc
+from bench.core import RESULTS, cleanup, log, machine, ratio_samples, run_dir, summary
+
+PEERS = ("task-spooler", "nq", "huey")
+
+
+class Plan:
+    """Sizes and repetitions of one run."""
+
+    def __init__(self, quick: bool, reps: int | None) -> None:
+        self.quick = quick
+        self.reps = reps or (3 if quick else 5)
+        # The long sections (200 CLI processes per system, a 10,000-job drain) get 3 rounds.
+        self.slow_reps = min(self.reps, 3)
+        self.spawns_each = 500 if quick else 1000
+        self.drain_jobs = 1000 if quick else 2000
+        self.peer_drain_jobs = 500 if quick else 2000
+        self.batch_jobs = 10_000
+        self.cli_samples = 20 if quick else 200
+        self.pickup_samples = 30 if quick else 100
+        self.claim_big = 1_000_000
+        self.scale = (1_000, 10_000)
+
+
+def _try(errors: list[str], what: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        errors.append(f"{what}: {exc}")
+        log(f"{what} failed: {exc}")
+        if os.environ.get("BENCH_DEBUG"):
+            traceback.print_exc()
+        return None
+
+
+def drain_section(plan: Plan, available: dict[str, bool], errors: list[str]) -> dict[str, Any]:
+    """Ceilings, queuectl's drain and each peer's, interleaved round by round."""
+    series: dict[str, list[float | None]] = {
+        k: []
+        for k in ("ceiling_python", "ceiling_xargs", "ceiling_python_logfile", "queuectl", *PEERS)
+    }
+    for r in range(plan.reps):
+        log(f"drain round {r + 1}/{plan.reps}")
+        n = plan.spawns_each
+        series["ceiling_python"].append(
+            _try(errors, "ceiling", lambda n=n: ceiling.python_spawners(n))  # type: ignore[misc]
+        )
+        series["queuectl"].append(_try(errors, "queuectl drain", lambda: qc.drain(plan.drain_jobs)))
+        if available["task-spooler"]:
+            series["task-spooler"].append(
+                _try(errors, "tsp drain", lambda: peers.tsp_drain(plan.peer_drain_jobs))
+            )
+        series["ceiling_xargs"].append(
+            _try(errors, "xargs", lambda: ceiling.xargs(2 * plan.spawns_each))
+        )
+        if available["nq"]:
+            series["nq"].append(
+                _try(errors, "nq drain", lambda: peers.nq_drain(plan.peer_drain_jobs))
+            )
+        if available["huey"]:
+            series["huey"].append(
+                _try(
+                    errors,
+                    "huey drain",
+                    lambda: peers.huey("drain", plan.peer_drain_jobs)["jobs_per_s"],
+                )
+            )
+        if not plan.quick:
+            dirs = []
+            for i in range(2):
+                d = run_dir() / f"ceiling-logs-{r}-{i}"
+                d.mkdir()
+                dirs.append(str(d))
+            series["ceiling_python_logfile"].append(
+                _try(
+                    errors,
+                    "ceiling+log",
+                    lambda d=dirs, n=n: ceiling.python_spawners(n, log_dirs=d),  # type: ignore[misc]
+                )
+            )
+    best_peer = [
+        max((series[p][i] or 0.0) for p in PEERS if len(series[p]) > i) or None
+        if any(len(series[p]) > i for p in PEERS)
+        else None
+        for i in range(plan.reps)
+    ]
+    out: dict[str, Any] = {k: summary(v, 1) for k, v in series.items()}
+    out["best_peer"] = summary(best_peer, 1)
+    out["ratio_to_ceiling"] = summary(ratio_samples(series["queuectl"], series["ceiling_python"]))
+    out["ratio_to_ceiling_with_logfile"] = summary(
+        ratio_samples(series["queuectl"], series["ceiling_python_logfile"])
+    )
+    out["ratio_to_best_peer"] = summary(ratio_samples(series["queuectl"], best_peer))
+    out["jobs"] = {
+        "queuectl": plan.drain_jobs,
+        "task-spooler": min(plan.peer_drain_jobs, peers.TSP_MAX_JOBS),
+        "nq": plan.peer_drain_jobs,
+        "huey": plan.peer_drain_jobs,
+        "ceiling_python": 2 * plan.spawns_each,
+        "ceiling_xargs": 2 * plan.spawns_each,
+    }
+    return out
+
+
+def batch_section(plan: Plan, available: dict[str, bool], errors: list[str]) -> dict[str, Any]:
+    q: list[float | None] = []
+    h: list[float | None] = []
+    for r in range(plan.reps):
+        log(f"batch enqueue round {r + 1}/{plan.reps}")
+        q.append(_try(errors, "batch enqueue", lambda: qc.batch_enqueue(plan.batch_jobs)))
+        if available["huey"] and not plan.quick:
+            h.append(
+                _try(errors, "huey enqueue", lambda: peers.huey("enqueue", 2000)["jobs_per_s"])
+            )
+    return {"queuectl": summary(q, 1), "huey_library": summary(h, 1), "jobs": plan.batch_jobs}
+
+
+def cli_section(plan: Plan, available: dict[str, bool], errors: list[str]) -> dict[str, Any]:
+    """One enqueue process, beside a bare interpreter start, invocation by invocation."""
+    per_rep: dict[str, list[float | None]] = {
+        k: [] for k in ("queuectl", "python", "task-spooler", "nq")
+    }
+    py = [sys.executable, "-c", "pass"]
+    for r in range(plan.slow_reps):
+        log(f"cli round {r + 1}/{plan.slow_reps}")
+        samples: dict[str, list[float]] = {k: [] for k in per_rep}
+        with contextlib.ExitStack() as stack:
+            d = stack.enter_context(qc.daemon(workers=0))
+            sessions: dict[str, tuple[list[str], dict[str, str]] | None] = {}
+            if not plan.quick:
+                for name in ("task-spooler", "nq"):
+                    if available[name]:
+                        sessions[name] = stack.enter_context(peers.cli_peer_session(name))
+            try:
+                for _ in range(plan.cli_samples):
+                    samples["queuectl"].append(qc.one_process(qc.cli_command(), d.env))
+                    samples["python"].append(qc.one_process(py, d.env))
+                    for name, session in sessions.items():
+                        if session is not None:
+                            samples[name].append(qc.one_process(*session))
+            except Exception as exc:
+                errors.append(f"cli: {exc}")
+                log(f"cli failed: {exc}")
+        for k, v in samples.items():
+            s = summary(v)
+            per_rep[k].append(s["median"] if s else None)
+    out: dict[str, Any] = {k: summary(v) for k, v in per_rep.items()}
+    out["ratio_to_python"] = summary(ratio_samples(per_rep["queuectl"], per_rep["python"]))
+    out["samples_per_round"] = plan.cli_samples
+    return out
+
+
+def pickup_section(plan: Plan, available: dict[str, bool], errors: list[str]) -> dict[str, Any]:
+    names = ["queuectl"]
+    if not plan.quick:
+        names += [p for p in PEERS if available[p]]
+    p50: dict[str, list[float | None]] = {k: [] for k in names}
+    p95: dict[str, list[float | None]] = {k: [] for k in names}
+    n = plan.pickup_samples
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "queuectl": lambda: qc.pickup(n),
+        "task-spooler": lambda: peers.tsp_pickup(n),
+        "nq": lambda: peers.nq_pickup(n),
+        "huey": lambda: peers.huey("pickup", n),
+    }
+    for r in range(plan.reps):
+        log(f"pickup round {r + 1}/{plan.reps}")
+        for name in names:
+            res = _try(errors, f"{name} pickup", runners[name])
+            p50[name].append(res["p50_ms"] if res else None)
+            p95[name].append(res["p95_ms"] if res else None)
+    return {
+        "p50_ms": {k: summary(v) for k, v in p50.items()},
+        "p95_ms": {k: summary(v) for k, v in p95.items()},
+        "samples_per_round": n,
+    }
+
+
+def claim_section(plan: Plan, errors: list[str]) -> dict[str, Any]:
+    small, big = run_dir() / "claim-100.db", run_dir() / f"claim-{plan.claim_big}.db"
+    log(f"building stores with 100 and {plan.claim_big:,} pending jobs")
+    t0 = time.perf_counter()
+    qc.build_store(small, 100)
+    qc.build_store(big, plan.claim_big)
+    log(f"stores built in {time.perf_counter() - t0:.0f} s")
+    a: list[float | None] = []
+    b: list[float | None] = []
+    for r in range(plan.reps):
+        log(f"claim round {r + 1}/{plan.reps}")
+        a.append(_try(errors, "claim 100", lambda: qc.claim_cost(small)))
+        b.append(_try(errors, "claim 1M", lambda: qc.claim_cost(big)))
+    return {
+        "us_per_claim_100": summary(a, 1),
+        "us_per_claim_1m": summary(b, 1),
+        "ratio": summary(ratio_samples(b, a)),
+        "pending_big": plan.claim_big,
+    }
+
+
+def rss_section(plan: Plan, errors: list[str]) -> dict[str, Any]:
+    rows: dict[str, list[float | None]] = {
+        k: [] for k in ("rss_mb", "pss_mb", "daemon_rss_mb", "worker_rss_mb")
+    }
+    for r in range(plan.reps):
+        log(f"memory round {r + 1}/{plan.reps}")
+
+        def one() -> dict[str, float]:
+            with qc.daemon(workers=2) as d, d.client() as c:
+                return qc.idle_rss(d, c)
+
+        res = _try(errors, "rss", one)
+        for k in rows:
+            rows[k].append(res[k] if res else None)
+    return {k: summary(v, 1) for k, v in rows.items()}
+
+
+def scale_section(plan: Plan, errors: list[str]) -> dict[str, Any]:
+    small, big = plan.scale
+    a: list[float | None] = []
+    b: list[float | None] = []
+    for r in range(plan.slow_reps):
+        log(f"drain scaling round {r + 1}/{plan.slow_reps}")
+        a.append(_try(errors, f"drain {small}", lambda: 1000 / qc.drain(small)))
+        b.append(_try(errors, f"drain {big}", lambda: 1000 / qc.drain(big)))
+    return {
+        f"ms_per_job_{small}": summary(a),
+        f"ms_per_job_{big}": summary(b),
+        "ratio": summary(ratio_samples(b, a)),
+    }
+
+
+def headline(res: dict[str, Any]) -> dict[str, Any]:
+    """The quick mode's one-line JSON (medians; null where not measured)."""
+
+    def med(*path: str) -> float | None:
+        node: Any = res
+        for key in path:
+            if not isinstance(node, dict) or node.get(key) is None:
+                return None
+            node = node[key]
+        return node.get("median") if isinstance(node, dict) else None
+
+    out = {
+        "drain_jobs_per_s": med("drain", "queuectl"),
+        "spawn_ceiling_per_s": med("drain", "ceiling_python"),
+        "xargs_ceiling_per_s": med("drain", "ceiling_xargs"),
+        "drain_ratio_to_ceiling": med("drain", "ratio_to_ceiling"),
+        "best_peer_drain_jobs_per_s": med("drain", "best_peer"),
+        "drain_ratio_to_best_peer": med("drain", "ratio_to_best_peer"),
+        "batch_enqueue_jobs_per_s": med("batch", "queuectl"),
+        "cli_enqueue_ms": med("cli", "queuectl"),
+        "python_startup_ms": med("cli", "python"),
+        "cli_ratio_to_python": med("cli", "ratio_to_python"),
+        "pickup_p50_ms": med("pickup", "p50_ms", "queuectl"),
+        "pickup_p95_ms": med("pickup", "p95_ms", "queuectl"),
+        "idle_rss_mb": med("rss", "rss_mb"),
+        "claim_ratio_1m_to_100": med("claim", "ratio"),
+        "drain_10k_to_1k_cost_ratio": med("scale", "ratio"),
+    }
+    for p in PEERS:
+        out[f"{p.replace('-', '_')}_drain_jobs_per_s"] = med("drain", p)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="under a minute, for tracking")
+    ap.add_argument("--reps", type=int, help="rounds per measurement (default 5; quick 3)")
+    ap.add_argument("--no-install", action="store_true", help="use only the peers installed")
+    ap.add_argument("--no-report", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument(
+        "--report", metavar="RESULTS_JSON", help="only rewrite the report from saved results"
+    )
+    ap.add_argument(
+        "--only",
+        default="drain,batch,cli,pickup,claim,rss,scale",
+        help="comma-separated sections to run",
+    )
+    args = ap.parse_args(argv)
+    if args.report:
+        from bench import report
+
+        report.write(json.loads(Path(args.report).read_text()), Path(args.report))
+        return 0
+    plan = Plan(args.quick, args.reps)
+    sections = set(args.only.split(","))
+    if plan.quick:
+        sections -= {"claim", "scale"}
+    started = time.time()
+    res: dict[str, Any] = {
+        "mode": "quick" if plan.quick else "full",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": machine(),
+        "reps": plan.reps,
+    }
+    if not (plan.quick or args.no_install):
+        res["install"] = peers.install()
+    available = peers.installed()
+    res["peers"] = {"installed": available, "versions": peers.versions()}
+    errors: list[str] = []
+    try:
+        if "drain" in sections:
+            res["drain"] = drain_section(plan, available, errors)
+        if "batch" in sections:
+            res["batch"] = batch_section(plan, available, errors)
+        if "cli" in sections:
+            res["cli"] = cli_section(plan, available, errors)
+        if "pickup" in sections:
+            res["pickup"] = pickup_section(plan, available, errors)
+        if "rss" in sections:
+            res["rss"] = rss_section(plan, errors)
+        if "scale" in sections:
+            res["scale"] = scale_section(plan, errors)
+        if "claim" in sections:
+            res["claim"] = claim_section(plan, errors)
+    finally:
+        cleanup()
+    res["errors"] = errors
+    res["seconds"] = round(time.time() - started, 1)
+    res["headline"] = headline(res)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
+    path = RESULTS / f"{res['mode']}-{stamp}.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / f"latest-{res['mode']}.json").write_text(json.dumps(res, indent=2) + "\n")
+    log(f"results saved to {path}")
+    if not plan.quick and not args.no_report:
+        from bench import report
+
+        report.write(res, Path(path))
+    print(json.dumps(res["headline"]))
+    return 0
