@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 
 from queuectl.protocol import JobState
-from queuectld.jobs import Attempt, AttemptResult, Claim, Job, NewJob
+from queuectld.jobs import AttemptResult, Claim, Job, NewJob
 
 
 class Store(abc.ABC):
@@ -126,11 +126,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def attempt_stats(self) -> dict[str, float]:
         """Totals over the attempts history: counts per outcome and run-time figures."""
-
-    def attempts_of(self, job_id: str) -> list[Attempt]:
-        """A job's attempts history, oldest first (empty for an unknown id)."""
-        job = self.get_job(job_id, with_history=True)
-        return list(job.history) if job else []
 
     def iter_all(self, batch: int = 1000) -> Iterator[Job]:
         """Every job, in enqueue order (for tests and export)."""
