@@ -24,6 +24,7 @@ from queuectl.protocol import MAX_BATCH_JOBS, JobState
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATES = [s.value for s in JobState]
+MAX_OFFSET = 2**62  # what the daemon accepts (msgpack carries at most 64 bits)
 
 
 class Context:
@@ -242,7 +243,7 @@ def status(c: Context, as_json: bool) -> None:
 @cli.command("list")
 @click.option("--state", type=click.Choice(STATES), help="only jobs in this state")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--offset", type=click.IntRange(0, MAX_OFFSET), default=0)
 @json_option
 @pass_ctx
 def list_cmd(c: Context, state: str | None, limit: int, offset: int, as_json: bool) -> None:

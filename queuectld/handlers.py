@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from queuectl.errors import ShuttingDown
 from queuectl.protocol import (
     ConfigKeyArgs,
     ConfigSetArgs,
@@ -247,6 +248,37 @@ async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
 
 
 Handler = Callable[["Daemon", Any], Awaitable[Any]]
+Stream = Callable[["Daemon", Any], AsyncIterator[dict[str, Any]]]
+
+# What a draining daemon still answers: how it is doing, and a second `shutdown`
+# (which stops the running jobs at once). Everything else is refused, changing nothing.
+ANSWERED_WHILE_DRAINING = frozenset({Op.PING, Op.STATUS, Op.SHUTDOWN})
+
+
+def _refuse_if_draining(d: Daemon) -> None:
+    if d.draining:
+        busy = _workers(d)["busy"]
+        running = f"; {busy} job{'' if busy == 1 else 's'} still running" if busy else ""
+        log.info("request_refused", reason="draining", uid=server.caller_uid())
+        raise ShuttingDown(f"queuectld is shutting down{running}")
+
+
+def _unless_draining(handler: Handler) -> Handler:
+    async def guarded(d: Daemon, args: Any) -> Any:
+        _refuse_if_draining(d)
+        return await handler(d, args)
+
+    return guarded
+
+
+def _stream_unless_draining(stream: Stream) -> Stream:
+    async def guarded(d: Daemon, args: Any) -> AsyncIterator[dict[str, Any]]:
+        _refuse_if_draining(d)
+        async for event in stream(d, args):
+            yield event
+
+    return guarded
+
 
 HANDLERS: dict[Op, Handler] = {
     Op.PING: ping,
@@ -265,4 +297,8 @@ HANDLERS: dict[Op, Handler] = {
     Op.CONFIG_LIST: config_list,
     Op.SHUTDOWN: shutdown,
 }
-STREAMS = {Op.WATCH: watch}
+HANDLERS = {
+    op: handler if op in ANSWERED_WHILE_DRAINING else _unless_draining(handler)
+    for op, handler in HANDLERS.items()
+}
+STREAMS: dict[Op, Stream] = {Op.WATCH: _stream_unless_draining(watch)}

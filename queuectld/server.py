@@ -151,6 +151,9 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        # Draining: still listening, so that clients learn the daemon is stopping (the
+        # handlers refuse new work) instead of finding no socket until it has exited.
+        self.draining = False
 
     def set_access(self, allowed_uids: Iterable[int], allowed_gids: Iterable[int]) -> None:
         """Change who may connect (SIGHUP); connections already open are kept."""
@@ -202,6 +205,10 @@ class ControlServer:
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=2**16)
 
     async def stop_accepting(self) -> None:
+        """The daemon begins to drain: keep answering, say so in every hello."""
+        self.draining = True
+
+    async def _stop_listening(self) -> None:
         if self._server is not None:
             self._server.close()
         if self.owns_path:
@@ -210,7 +217,8 @@ class ControlServer:
                 os.unlink(self.path)
 
     async def close(self) -> None:
-        await self.stop_accepting()
+        self.draining = True
+        await self._stop_listening()
         for writer in list(self._writers):
             writer.close()
         if self._server is not None:
@@ -239,7 +247,12 @@ class ControlServer:
                 msg = f"protocol version {hello.version} is not supported (this daemon speaks 1)"
                 await _send(writer, Reply(0, error=ErrorBody(ProtocolError.code, msg)).to_wire())
                 return
-            await _send(writer, HelloReply(PROTOCOL_VERSION, f"queuectld {__version__}").to_wire())
+            server = f"queuectld {__version__}"
+            if self.draining:  # the pid lets a client wait for this daemon to exit
+                hello_reply = HelloReply(PROTOCOL_VERSION, server, draining=True, pid=os.getpid())
+            else:
+                hello_reply = HelloReply(PROTOCOL_VERSION, server)
+            await _send(writer, hello_reply.to_wire())
             limit = asyncio.Semaphore(MAX_IN_FLIGHT)
             while True:
                 frame = await _read(reader)
