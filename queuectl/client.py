@@ -27,7 +27,13 @@ from types import TracebackType
 from typing import Any
 
 from queuectl import paths
-from queuectl.errors import ProtocolError, ShuttingDown, Unavailable, error_from_code
+from queuectl.errors import (
+    NoDaemon,
+    ProtocolError,
+    ShuttingDown,
+    Unavailable,
+    error_from_code,
+)
 from queuectl.paths import SYSTEM_SOCKET, autostart_enabled, resolve_socket
 from queuectl.protocol import (
     EnqueueArgs,
@@ -103,7 +109,7 @@ class Client:
             client = cls._open(path, timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             if not may_start:
-                raise Unavailable(
+                raise NoDaemon(
                     f"no queuectld is listening on {path}; start one with `queuectld`{hint}"
                 ) from None
             client = _autostart(path, timeout)

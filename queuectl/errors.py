@@ -66,6 +66,10 @@ class Unavailable(QueuectlError):
     code = "unavailable"
 
 
+class NoDaemon(Unavailable):
+    """Nothing listens on the socket (client side only; its code is ``unavailable``)."""
+
+
 class ShuttingDown(Unavailable):
     """The daemon is draining: it answers ``status`` and ``ping`` but takes no new work."""
 

@@ -295,9 +295,19 @@ def validate_job_id(job_id: str) -> None:
         )
 
 
+def plain_number(value: float) -> str:
+    """``4611686018427387904``, ``0.001``, ``2.5``: never scientific notation."""
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
 def _check_range(name: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not low <= value <= high:
-        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}, not {value:g}")
+        raise InvalidRequest(
+            f"{name} must be between {plain_number(low)} and {plain_number(high)}, "
+            f"not {plain_number(value)}"
+        )
 
 
 @dataclass(frozen=True)

@@ -227,15 +227,20 @@ async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
         if args.until_idle and await idle():
             yield {"type": "idle", "time": time.time()}
             return
+        # The bus closes (None) when the daemon stops: say so, so that watchers end
+        # cleanly instead of finding the connection closed.
+        stopped = {"type": "stopped", "time": 0.0}
         while True:
             event = await queue.get()
             if event is None:
+                yield {**stopped, "time": time.time()}
                 return
             if visible(event):
                 yield event
             while not queue.empty():
                 more = queue.get_nowait()
                 if more is None:
+                    yield {**stopped, "time": time.time()}
                     return
                 if visible(more):
                     yield more

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"queuectld: {exc.message}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     config = explained.config
+    if "log_format" not in explained.origins and not args.daemon and _stderr_is_terminal():
+        # Nobody chose a format and a person reads stderr: lines for people, not JSON.
+        config = dataclasses.replace(config, log_format="console")
     if args.check_config:
         for warning in explained.warnings:
             print(f"queuectld: warning: {warning}", file=sys.stderr)
@@ -114,6 +118,13 @@ def main(argv: list[str] | None = None) -> None:
         return load_config(args.config, os.environ, flags)
 
     sys.exit(run_daemon(config, args.ready_fd, reload))
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _in_use(config: DaemonConfig) -> str | None:

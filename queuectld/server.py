@@ -53,6 +53,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 # A frame's body must arrive within this long once its header has (slow-client guard).
 BODY_TIMEOUT_S = 30.0
 MAX_IN_FLIGHT = 256
+# At close, how long streams (watch) get to send their last frames.
+STREAM_END_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class ControlServer:
         # Draining: still listening, so that clients learn the daemon is stopping (the
         # handlers refuse new work) instead of finding no socket until it has exited.
         self.draining = False
+        self._streams: set[asyncio.Task[None]] = set()
 
     def set_access(self, allowed_uids: Iterable[int], allowed_gids: Iterable[int]) -> None:
         """Change who may connect (SIGHUP); connections already open are kept."""
@@ -219,6 +222,10 @@ class ControlServer:
     async def close(self) -> None:
         self.draining = True
         await self._stop_listening()
+        if self._streams:
+            # Streams end once the daemon closed its event bus: let their last frames
+            # (the `stopped` event, the reply) go out before the connections close.
+            await asyncio.wait(list(self._streams), timeout=STREAM_END_S)
         for writer in list(self._writers):
             writer.close()
         if self._server is not None:
@@ -260,6 +267,9 @@ class ControlServer:
                 task = asyncio.create_task(self._answer(writer, frame, limit))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                if frame.get("op") == "watch":
+                    self._streams.add(task)
+                    task.add_done_callback(self._streams.discard)
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass  # the client went away or stalled
         except ProtocolError as exc:
