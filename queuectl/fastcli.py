@@ -3,8 +3,9 @@
 Starting Python is most of what one ``queuectl enqueue`` costs, and importing click,
 the renderer and every protocol dataclass would more than double it. The plain forms
 of ``enqueue`` (a JSON job; or ``--id``, ``--max-retries``, ``--timeout``, ``--delay``,
-``--not-idempotent``, ``--json`` and a command) are handled here with the standard
-library and msgpack alone, and answer exactly as :mod:`queuectl.cli` does. Anything
+``--not-idempotent``, ``--json`` and a command) and ``status [--json]`` are handled
+here with the standard library and msgpack alone, and answer exactly as
+:mod:`queuectl.cli` does. Anything
 else (help, other flags, values it does not read the way click would, no daemon
 answering, so an autostart; a draining daemon) goes to :func:`queuectl.cli.main`
 before anything was sent, so it behaves as before.
@@ -161,10 +162,12 @@ def _echo(text: str) -> None:
     sys.stdout.flush()
 
 
-def _enqueue(args: list[str]) -> int:
-    spec, as_json = parse_enqueue(args)
-    spec.setdefault("cwd", os.getcwd())
-    request = wire.pack({"rid": 1, "op": "enqueue", "args": spec})  # refuses what cannot go
+def _call(op: str, args: dict[str, Any], draining_ok: bool = False) -> dict[str, Any] | int:
+    """One request on a new connection: its reply, or an exit status once it failed.
+
+    Raises :class:`_Fallback` until the request is sent (click's path then does it all).
+    """
+    request = wire.pack({"rid": 1, "op": op, "args": args})  # refuses what cannot go
     conn = _Conn(paths.resolve_socket()[0])
     try:
         try:
@@ -172,8 +175,10 @@ def _enqueue(args: list[str]) -> int:
             hello = conn.recv()
         except (ConnectionError, TimeoutError, QueuectlError):
             raise _Fallback from None
-        if hello is None or hello.get("ok") is not True or hello.get("draining"):
-            raise _Fallback  # refused (permissions, version), or draining: click's path
+        if hello is None or hello.get("ok") is not True:
+            raise _Fallback  # refused (permissions, version): click reports it
+        if hello.get("draining") and not draining_ok:
+            raise _Fallback  # click's path waits for a new daemon (autostart) or says why
         # From here on the request is sent: never fall back (it could enqueue twice).
         conn.sock.sendall(request)
         while True:
@@ -188,10 +193,19 @@ def _enqueue(args: list[str]) -> int:
     if reply.get("ok") is not True:
         print(f"queuectl: {wire.error_text(reply)[1]}", file=sys.stderr)
         return EXIT_REFUSED
-    job = reply.get("result")
-    if not isinstance(job, dict):
+    result = reply.get("result")
+    if not isinstance(result, dict):
         print("queuectl: queuectld sent a malformed reply", file=sys.stderr)
         return EXIT_REFUSED
+    return result
+
+
+def _enqueue(args: list[str]) -> int:
+    spec, as_json = parse_enqueue(args)
+    spec.setdefault("cwd", os.getcwd())
+    job = _call("enqueue", spec)
+    if isinstance(job, int):
+        return job
     if as_json:
         from queuectl.render import to_json
 
@@ -201,12 +215,25 @@ def _enqueue(args: list[str]) -> int:
     return EXIT_OK
 
 
+def _status(args: list[str]) -> int:
+    if args not in ([], ["--json"]):
+        raise _Fallback
+    view = _call("status", {}, draining_ok=True)  # a draining daemon answers status
+    if isinstance(view, int):
+        return view
+    from queuectl import render
+
+    _echo(render.to_json(view) if args else render.status(view))  # type: ignore[arg-type]
+    return EXIT_OK
+
+
 def main() -> None:
     """Console entry point (``queuectl``)."""
     args = sys.argv[1:]
-    if args[:1] == ["enqueue"]:
+    fast = {"enqueue": _enqueue, "status": _status}.get(args[0] if args else "")
+    if fast is not None:
         try:
-            sys.exit(_enqueue(args[1:]))
+            sys.exit(fast(args[1:]))
         except _Fallback:
             pass
         except QueuectlError as exc:  # refused before sending (a number over 64 bits...)

@@ -1,16 +1,27 @@
-"""Output for people (tables, event lines) and for programs (``--json``)."""
+"""Output for people (tables, event lines) and for programs (``--json``).
+
+Cheap to import (no typing, json or protocol classes at import time): the fast
+``queuectl status`` path (:mod:`queuectl.fastcli`) renders with it.
+"""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
-from typing import Any
 
-from queuectl.protocol import JobState, JobView, StatusView
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from queuectl.protocol import JobView, StatusView
+
+# queuectl.protocol.JobState's values, in its order (tests/unit/test_cli_help.py checks).
+STATES = ("pending", "processing", "completed", "failed", "dead")
 
 
 def to_json(value: Any) -> str:
+    import json  # loads re: only for --json
+
     def default(obj: Any) -> Any:
         if isinstance(obj, bytes):
             return obj.decode("utf-8", "replace")
@@ -108,7 +119,7 @@ def shorten(text: str, width: int = 48) -> str:
 
 
 def status(view: StatusView) -> str:
-    rows = [(state.value, view["counts"].get(state.value, 0)) for state in JobState]
+    rows = [(state, view["counts"].get(state, 0)) for state in STATES]
     w = view["workers"]
     out = table(("state", "count"), rows)
     out += f"\n\nworkers: {w['running']} running / {w['desired']} desired, {w['busy']} busy"

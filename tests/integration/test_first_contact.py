@@ -412,3 +412,14 @@ def test_attach_ctrl_c_sets_the_workers_back(daemon: QueueDaemon, tmp_path: Path
     assert daemon.status()["workers"]["desired"] == 0
     release.touch()  # the running job finishes (graceful), nothing new starts
     assert daemon.wait_for_state("slow", "completed")["state"] == "completed"
+
+
+def test_fast_status_answers_as_click_does(daemon: QueueDaemon) -> None:
+    daemon.cli("enqueue", "--", "true")
+    click_path = [sys.executable, "-m", "queuectl.cli"]
+    for argv in (["status"], ["status", "--json"]):
+        fast = daemon.run(*argv)
+        full = subprocess.run(
+            [*click_path, *argv], env=daemon.cli_env(), capture_output=True, text=True, check=False
+        )
+        assert (fast.returncode, fast.stdout, fast.stderr) == (0, full.stdout, full.stderr)

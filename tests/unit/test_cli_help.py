@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from queuectl import cli, render
-from queuectl.protocol import plain_number
+from queuectl.protocol import JobState, plain_number
 from queuectld.config import QUEUE_SETTINGS
 
 
@@ -30,3 +30,7 @@ def test_table_fits_its_width_by_eliding_elastic_columns() -> None:
 def test_commands_keep_their_spaces_on_one_line() -> None:
     assert render.shorten('echo "hello   world"') == 'echo "hello   world"'
     assert render.shorten("a\nb\tc") == "a\\nb\\tc"
+
+
+def test_render_knows_every_state_in_order() -> None:
+    assert tuple(s.value for s in JobState) == render.STATES

@@ -33,7 +33,8 @@ def test_protocol_reexports_the_wire_format() -> None:
 def test_fast_path_imports_no_heavy_module() -> None:
     # -S: no site, so an editable install's import hook (which loads re, pathlib) stays out.
     roots = [str(Path(queuectl.__file__).parents[1]), str(Path(msgpack.__file__).parents[1])]
-    probe = "import sys, queuectl.fastcli; m = sorted(sys.modules); print(*m)"
+    # queuectl.render too: the fast `status` renders with it.
+    probe = "import sys, queuectl.fastcli, queuectl.render; m = sorted(sys.modules); print(*m)"
     out = subprocess.run(
         [sys.executable, "-S", "-c", probe],
         env={**os.environ, "PYTHONPATH": os.pathsep.join(roots)},
