@@ -471,8 +471,8 @@ def dlq_retry(c: Context, job_ids: tuple[str, ...], every: bool, as_json: bool) 
 def logs(c: Context, job_id: str, as_json: bool) -> None:
     """Print a job's output log: every finished attempt's command, times, exit code, output.
 
-    Each attempt's output is kept up to the daemon's cap (job_log_max_bytes, 1 MiB by
-    default); the log says where it was cut.
+    Each attempt keeps at most log_max_bytes (queuectld.toml; 1 MiB by default) of
+    its stdout and of its stderr; the log is marked where it was cut.
     """
     out = sys.stdout.buffer
     with c.client() as client:

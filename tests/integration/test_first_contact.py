@@ -423,3 +423,38 @@ def test_fast_status_answers_as_click_does(daemon: QueueDaemon) -> None:
             [*click_path, *argv], env=daemon.cli_env(), capture_output=True, text=True, check=False
         )
         assert (fast.returncode, fast.stdout, fast.stderr) == (0, full.stdout, full.stderr)
+
+
+def test_daemon_errors_on_a_terminal_read_as_text(daemon: QueueDaemon) -> None:
+    import pty
+
+    queuectld = Path(sys.executable).with_name("queuectld")
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [str(queuectld), "--home", str(daemon.home)],
+            env=daemon.daemon_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+            timeout=30,
+            check=False,
+        )
+        os.close(follower)
+        follower = -1
+        out = b""
+        while select.select([leader], [], [], 0)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    text = out.decode()
+    assert proc.returncode == 1
+    assert "another queuectld is using" in text and not text.lstrip().startswith("{"), text
