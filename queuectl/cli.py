@@ -25,6 +25,7 @@ from queuectl.errors import (
     EXIT_REFUSED,
     NoDaemon,
     QueuectlError,
+    Unavailable,
 )
 from queuectl.protocol import (
     MAX_BATCH_JOBS,
@@ -329,9 +330,13 @@ def worker_start(c: Context, count: int, follow: bool, attach: bool) -> None:
             _follow(client, until_idle=True)
         finally:
             # Also after Ctrl+C: the interrupted connection may be mid-frame, use a new one.
-            with c.client(autostart=False) as again:
-                restored = again.set_workers(before)
-            click.echo(f"workers: back to {restored['desired']} desired")
+            try:
+                with c.client(autostart=False) as again:
+                    restored = again.set_workers(before)
+            except Unavailable:
+                pass  # the daemon stopped (or is stopping): no workers to set back
+            else:
+                click.echo(f"workers: back to {restored['desired']} desired")
 
 
 @worker.command("stop")

@@ -166,7 +166,9 @@ class Client:
     def _replace_draining_daemon(self, refusal: ShuttingDown) -> None:
         """Wait (bounded) for the draining daemon to exit, then connect to a new one."""
         assert self._autostart_path is not None
-        if self.server_pid is None or not _wait_for_exit(self.server_pid, DRAIN_WAIT_S):
+        if self.server_pid is None:
+            raise refusal  # a daemon that does not say its pid: nothing to wait for
+        if not _wait_for_exit(self.server_pid, DRAIN_WAIT_S):
             refusal.message += f"; it did not stop within {DRAIN_WAIT_S:g}s, try again later"
             raise refusal
         self._sock.close()
