@@ -177,8 +177,8 @@ class Daemon:
             lambda req: req.op in handlers.STREAMS,
             allowed_gids=_gids(cfg.allowed_groups),
             inherited=inherited,
+            group=cfg.socket_group,
         )
-        self.server.group = cfg.socket_group
         await self.server.start()
         if inherited is not None and self.server.path != cfg.socket:
             log.warning(
