@@ -304,9 +304,11 @@ def test_executor_sigkill_campaign(
     work = scratch / "work"
     (work / "locks").mkdir(parents=True)
     rounds = 5 if not chaos_options.long else 30
-    total = 50 * (rounds + 2)
+    # About 6 s a round (an executor must outlive the crash-loop window to be replaced
+    # at once) at 50 jobs of 3 s each: enough work that 50 run whenever one is killed.
+    total = 110 * rounds + 100
     specs = [
-        {"id": f"x{i:05d}", "command": job_command(work, f"x{i:05d}", body="; sleep 1")}
+        {"id": f"x{i:05d}", "command": job_command(work, f"x{i:05d}", body="; sleep 3")}
         for i in range(total)
     ]
     daemon = make_daemon(env={"QUEUECTLD_EXECUTORS": "1", "QUEUECTLD_KILL_GRACE": "1"})
@@ -317,10 +319,10 @@ def test_executor_sigkill_campaign(
     kills = 0
     killed_groups: set[int] = set()
     first_seen: dict[int, float] = {}
-    while kills < rounds:
+    deadline = time.monotonic() + 60 * rounds
+    while kills < rounds and time.monotonic() < deadline:
         (executor,) = wait_until(lambda: daemon.executors(), 30, "an executor")
         first_seen.setdefault(executor, time.monotonic())
-        # Let it live past the crash-loop window, so it is replaced at once.
         groups = daemon.job_groups()
         if len(groups) < 40 or time.monotonic() - first_seen[executor] < 5.5:
             time.sleep(rng.uniform(0.05, 0.2))
@@ -330,6 +332,7 @@ def test_executor_sigkill_campaign(
         kills += 1
         # Every job group of the dead executor is gone before its jobs run again.
         wait_until(functools.partial(_all_gone, frozenset(killed_groups)), 10, "the groups to die")
+    assert kills == rounds, f"only {kills} of {rounds} rounds had 40 jobs running"
     wait_drained(daemon, timeout=180)
     assert_no_overlap(work)
     with daemon.client() as c:
