@@ -477,7 +477,8 @@ def logs(c: Context, job_id: str, as_json: bool) -> None:
     """Print a job's output log: every finished attempt's command, times, exit code, output.
 
     Each attempt keeps at most log_max_bytes (queuectld.toml; 1 MiB by default) of
-    its stdout and of its stderr; the log is marked where it was cut.
+    its stdout and of its stderr: the first half and the last half, with a marker of
+    what was cut between them.
     """
     out = sys.stdout.buffer
     with c.client() as client:

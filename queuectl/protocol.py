@@ -11,8 +11,8 @@ Request arguments are validated here, once, for every transport: each request ty
 is a frozen dataclass whose :func:`parse_args` refuses unknown fields, wrong types
 and values over the limits with an :class:`~queuectl.errors.InvalidRequest`.
 
-The daemon and its worker processes talk over pipes with the same framing; those
-messages are at the end of this module.
+The daemon and its executor processes talk over pipes with the same framing; their
+messages are private to the daemon (``queuectld/execproto.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypedDict, TypeVar
 
 from queuectl import wire
@@ -530,60 +530,7 @@ class LogChunk(TypedDict):
 
 
 # ---------------------------------------------------------------------------
-# Daemon <-> worker process messages (pipes, same framing)
-
-
-@dataclass(frozen=True)
-class RunJob:
-    """Daemon -> worker: run one attempt of a job."""
-
-    job_id: str
-    attempt: int
-    command: str
-    cwd: str
-    timeout: float
-    kill_grace: float
-    log_path: str
-    log_max_bytes: int
-    # Run the job as this user (a root daemon serving several users); None: as the worker.
-    uid: int | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": "run", **vars(self)}  # flat fields: no deep copy needed
-
-
-@dataclass(frozen=True)
-class CancelJob:
-    """Daemon -> worker: stop the running job's process group now (drain deadline passed)."""
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": "cancel"}
-
-
-@dataclass(frozen=True)
-class RevokeJob:
-    """Daemon -> worker: a job queued behind the running one is wanted elsewhere.
-
-    A worker may hold one job queued behind the one it runs (short jobs, so that it never
-    waits for the daemon between two). If that job has not started, the worker hands it
-    back with :class:`JobRevoked`; if it has, the worker ignores this.
-    """
-
-    job_id: str
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": "revoke", "job_id": self.job_id}
-
-
-@dataclass(frozen=True)
-class JobRevoked:
-    """Worker -> daemon: a queued job was handed back without being started."""
-
-    job_id: str
-    attempt: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": "revoked", "job_id": self.job_id, "attempt": self.attempt}
+# Attempt outcomes (shown in a job's history)
 
 
 class Outcome(enum.StrEnum):
@@ -594,49 +541,5 @@ class Outcome(enum.StrEnum):
     TIMEOUT = "timeout"
     NOT_FOUND = "not_found"
     SIGNALED = "signaled"
-    INTERRUPTED = "interrupted"  # the worker, the daemon or a drain stopped it
-    ERROR = "error"  # the worker could not start the command at all
-
-
-@dataclass(frozen=True)
-class JobFinished:
-    """Worker -> daemon: one attempt is over."""
-
-    job_id: str
-    attempt: int
-    outcome: Outcome
-    exit_code: int | None
-    error: str | None
-    started_at: float
-    finished_at: float
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": "finished", **vars(self), "outcome": self.outcome.value}
-
-    @classmethod
-    def from_wire(cls, msg: Mapping[str, Any]) -> JobFinished:
-        body = {k: v for k, v in msg.items() if k != "kind"}
-        body["outcome"] = Outcome(body["outcome"])
-        return cls(**body)
-
-
-@dataclass(frozen=True)
-class JobStarted:
-    """Worker -> daemon: the job's shell runs as ``pgid`` (its process group id)."""
-
-    job_id: str
-    attempt: int
-    pgid: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": "started", **vars(self)}
-
-
-@dataclass(frozen=True)
-class WorkerReady:
-    """Worker -> daemon: started and waiting for a job."""
-
-    pid: int = field(default=0)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": "ready", "pid": self.pid}
+    INTERRUPTED = "interrupted"  # its executor, the daemon or a drain stopped it
+    ERROR = "error"  # the executor could not start the command at all

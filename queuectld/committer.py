@@ -9,7 +9,7 @@ Each call runs in its own savepoint: a refused request rolls back alone.
 One hook may add work to every transaction: :attr:`Committer.before_commit` runs last
 in it (the dispatcher claims jobs for idle workers there, so a job enqueued while a
 worker waits is claimed in the enqueue's own commit, not one sync later). What it
-returns is called on the event loop once the transaction is committed, before the
+returns is called on the event loop once the transaction is committed, right after the
 callers are answered.
 """
 
@@ -127,11 +127,8 @@ def _deliver(
     results: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
     after: Callable[[], None] | None = None,
 ) -> None:
-    if after is not None:
-        try:
-            after()
-        except Exception:
-            log.exception("after_commit_failed")
+    # Callers first: their tasks resume before anything ``after`` schedules, so an
+    # enqueue's handler announces the job before the dispatcher announces its start.
     for fut, value, error in results:
         if fut.cancelled():
             continue
@@ -139,3 +136,8 @@ def _deliver(
             fut.set_exception(error)
         else:
             fut.set_result(value)
+    if after is not None:
+        try:
+            after()
+        except Exception:
+            log.exception("after_commit_failed")

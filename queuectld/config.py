@@ -50,6 +50,9 @@ class DaemonConfig:
     log_format: str = "json"
     node_id: str = ""
     workers: int = 0
+    # Executor processes that carry the workers' jobs; 0: one per CPU (never more than
+    # the worker count).
+    executors: int = 0
     drain_timeout: float = 30.0
     kill_grace: float = 5.0
     lease_margin: float = 30.0
@@ -93,6 +96,8 @@ class DaemonConfig:
                 out.append((key, f"{key} must be a number of seconds, not negative"))
         if self.workers < 0:
             out.append(("workers", "workers must not be negative"))
+        if not 0 <= self.executors <= 256:
+            out.append(("executors", "executors must be between 0 (one per CPU) and 256"))
         if self.log_max_bytes < 1024:
             out.append(("log_max_bytes", "log_max_bytes must be at least 1024"))
         if self.max_connections < 1:
@@ -169,7 +174,16 @@ PATH_KEYS: dict[str, str] = {
 
 # Keys a SIGHUP cannot change in a running daemon: they name what it has open.
 RESTART_KEYS = frozenset(
-    {"home", "socket", "database", "log_dir", "node_id", "socket_mode", "socket_group"}
+    {
+        "home",
+        "socket",
+        "database",
+        "log_dir",
+        "node_id",
+        "socket_mode",
+        "socket_group",
+        "executors",
+    }
 )
 
 _FIELD_TYPES: dict[str, Any] = {
@@ -182,6 +196,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "log_format": str,
     "node_id": str,
     "workers": int,
+    "executors": int,
     "drain_timeout": float,
     "kill_grace": float,
     "lease_margin": float,
@@ -548,3 +563,25 @@ def setting_for(key: str) -> QueueSetting:
         known = ", ".join(QUEUE_SETTINGS)
         raise InvalidRequest(f"unknown setting {key!r}; settings are: {known}")
     return setting
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """The queue settings, typed: what the dispatcher and the retry policy read."""
+
+    max_retries: int
+    backoff_base: float
+    backoff_max: float
+    default_timeout: float
+    max_interruptions: int
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, float | int]) -> QueueSettings:
+        """From the ``config`` keys (``max-retries``...) and their parsed values."""
+        return cls(
+            max_retries=int(values["max-retries"]),
+            backoff_base=float(values["backoff-base"]),
+            backoff_max=float(values["backoff-max"]),
+            default_timeout=float(values["default-timeout"]),
+            max_interruptions=int(values["max-interruptions"]),
+        )

@@ -31,11 +31,19 @@ from queuectl.protocol import JobState, Request
 from queuectld import handlers, procs, server
 from queuectld.access import AccessPolicy
 from queuectld.committer import Committer
-from queuectld.config import RESTART_KEYS, ConfigError, DaemonConfig, group_id, queue_settings
+from queuectld.config import (
+    RESTART_KEYS,
+    ConfigError,
+    DaemonConfig,
+    QueueSettings,
+    group_id,
+    queue_settings,
+)
 from queuectld.dispatcher import Dispatcher
 from queuectld.events import EventBus
+from queuectld.recovery import recover
 from queuectld.store import open_store
-from queuectld.supervisor import Supervisor, WorkerProcess
+from queuectld.supervisor import OsProcessOps, Supervisor, SupervisorEvents, default_executors
 from queuectld.systemd import (
     Notifier,
     StatusReporter,
@@ -97,7 +105,7 @@ class Daemon:
         self._stop_requests += 1
         self._stop.set()
         if self._stop_requests > 1 and self.draining:
-            log.warning("stop_now", running=len(self.supervisor.busy()))
+            log.warning("stop_now", running=self.supervisor.busy)
             self._drain_deadline = time.monotonic()
             self.supervisor.cancel_running()
 
@@ -136,24 +144,28 @@ class Daemon:
         if desired is None:
             desired = cfg.workers
 
-        self.dispatcher = Dispatcher(self.committer, self.events, cfg, lambda: self.settings)
-        worker_env = hide_from_children(dict(os.environ))
-        worker_env.pop("QUEUECTL_SOCKET", None)
-        worker_env[procs.QUEUE_TAG] = cfg.database  # inherited by jobs: see procs.find_job_groups
+        executor_env = hide_from_children(dict(os.environ))
+        executor_env.pop("QUEUECTL_SOCKET", None)
+        # Inherited by every job: see procs.find_job_groups.
+        executor_env[procs.QUEUE_TAG] = cfg.database
+        ops = OsProcessOps(executor_env, cfg.database)
+        max_executors = default_executors(cfg.executors)
 
-        async def spawn() -> WorkerProcess:
-            return await procs.spawn_worker(worker_env)
+        def make_supervisor(events: SupervisorEvents) -> Supervisor:
+            return Supervisor(ops, events, max_executors)
 
-        def worker_ready() -> None:
-            self.status.changed()
-            self.dispatcher.wake()
-
-        self.supervisor = Supervisor(
-            spawn, worker_ready, self.dispatcher.on_finished, self.dispatcher.on_lost
+        self.dispatcher = Dispatcher(
+            self.committer,
+            self.events,
+            cfg,
+            lambda: QueueSettings.from_values(self.settings),
+            make_supervisor,
+            slots_changed=self.status.changed,
         )
-        self.supervisor.queue_tag = cfg.database
-        self.dispatcher.supervisor = self.supervisor
-        recovered = await self.dispatcher.recover()
+        self.supervisor = self.dispatcher.supervisor
+        recovered = await recover(
+            self.committer, self.dispatcher.recorder, cfg.node_id, cfg.database
+        )
 
         self.server = server.ControlServer(
             cfg.socket,
@@ -165,8 +177,8 @@ class Daemon:
             lambda req: req.op in handlers.STREAMS,
             allowed_gids=_gids(cfg.allowed_groups),
             inherited=inherited,
+            group=cfg.socket_group,
         )
-        self.server.group = cfg.socket_group
         await self.server.start()
         if inherited is not None and self.server.path != cfg.socket:
             log.warning(
@@ -185,6 +197,7 @@ class Daemon:
             activated=inherited is not None,
             database=cfg.database,
             workers=desired,
+            executors=min(max_executors, desired) if desired else 0,
             recovered=recovered,
             pid=os.getpid(),
         )
@@ -239,18 +252,18 @@ class Daemon:
         await self.status.stop()
         timeout = 0.0 if self._stop_requests > 1 else cfg.drain_timeout
         self._drain_deadline = started + timeout
-        running = len(self.supervisor.busy())
+        running = self.supervisor.busy
         self.notifier.notify(
             "STOPPING=1", f"STATUS=draining: {running} running, deadline {timeout:g}s"
         )
         log.info("drain_started", running=running, deadline=timeout)
         self._spawn(self._extend_stop_timeout(), "sd-extend-timeout")
-        self.dispatcher.paused = True
+        self.dispatcher.drain()
         if self.server is not None:
             await self.server.stop_accepting()
         while not await self.supervisor.wait_idle(self._drain_deadline - time.monotonic()):
             if time.monotonic() >= self._drain_deadline:
-                running = len(self.supervisor.busy())
+                running = self.supervisor.busy
                 log.warning("drain_deadline_passed", running=running, requeued=running)
                 self.notifier.notify(f"STATUS=stopping {running} jobs to requeue them")
                 self.supervisor.cancel_running()
@@ -259,7 +272,7 @@ class Daemon:
         await self.dispatcher.close()
         # A claim that was committed while the drain began never reached a worker:
         # give back whatever this node still holds, so nothing stays `processing`.
-        await self.dispatcher.recover()
+        await recover(self.committer, self.dispatcher.recorder, cfg.node_id, cfg.database)
         self.events.close()
         if self.server is not None:
             await self.server.close()

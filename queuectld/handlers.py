@@ -125,7 +125,7 @@ async def status(d: Daemon, args: NoArgs) -> StatusView:
 
 def _workers(d: Daemon) -> WorkersView:
     sup = d.supervisor
-    return WorkersView(desired=sup.desired, running=sup.running, busy=len(sup.busy()))
+    return WorkersView(desired=sup.desired, running=sup.running, busy=sup.busy)
 
 
 async def metrics(d: Daemon, args: NoArgs) -> dict[str, Any]:

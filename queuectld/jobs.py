@@ -132,7 +132,7 @@ class AttemptResult:
     outcome: str
     exit_code: int | None
     error: str | None
-    started_at: float
+    started_at: float | None  # None: keep the start recorded at the claim
     finished_at: float
     next_state: JobState
     attempts: int

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    # Imported where used: a worker process never needs asyncio (about 7 MB each), nor
+    # Imported where used: an executor process never needs asyncio (about 7 MB each), nor
     # subprocess unless it runs a job as another user.
     import asyncio
 
@@ -101,7 +101,7 @@ def spawn_job(
 
     The common case uses ``posix_spawn`` (a vfork-like clone, no Python in the child):
     what ``Popen(start_new_session=True, restore_signals=True)`` does, several times
-    cheaper. Every descriptor the worker opens is close-on-exec (Python's default), so
+    cheaper. Every descriptor the executor opens is close-on-exec (Python's default), so
     the job inherits only the three it is given.
     """
     if as_user is None:
@@ -144,8 +144,8 @@ def find_job_groups(queue: str, job_ids: set[str] | None = None) -> set[int]:
     """Process groups of jobs started by the queue ``queue`` (its database path).
 
     Every job carries ``QUEUECTL_QUEUE`` and ``QUEUECTL_JOB_ID`` in its environment.
-    This finds jobs whose worker died before it could report their process group, and
-    jobs left running by a daemon and workers killed together, so they can be stopped
+    This finds jobs whose executor died before it could report their process group, and
+    jobs left running by a daemon and executors killed together, so they can be stopped
     before the queue hands the same job out again. A job that scrubs its environment
     escapes this; a job's own process group (SIGKILL by pgid) is the primary means.
     """
@@ -190,10 +190,10 @@ def open_pidfd(pid: int) -> int | None:
         return None
 
 
-async def spawn_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
-    """Start one worker process, talking frames over its stdin/stdout pipes.
+async def spawn_executor(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """Start one executor process, talking frames over its stdin/stdout pipes.
 
-    Workers get a session of their own so a Ctrl-C meant for a foreground daemon does
+    Executors get a session of their own so a Ctrl-C meant for a foreground daemon does
     not reach them; the daemon decides when they stop.
     """
     import asyncio
@@ -201,7 +201,7 @@ async def spawn_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "queuectld.worker",
+        "queuectld.executor",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         env=env,
@@ -209,8 +209,11 @@ async def spawn_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
     )
 
 
+SIGKILL = signal.SIGKILL
+
+
 def kill_process(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
-    """Signal one process (a worker); a process already gone is not an error."""
+    """Signal one process (an executor); a process already gone is not an error."""
     try:
         os.kill(pid, sig)
     except ProcessLookupError:

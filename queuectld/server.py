@@ -136,6 +136,7 @@ class ControlServer:
         *,
         allowed_gids: Iterable[int] = (),
         inherited: socket.socket | None = None,
+        group: str = "",
     ) -> None:
         self.path = path
         self.mode = mode
@@ -145,7 +146,7 @@ class ControlServer:
         # its file is systemd's, never unlinked by us.
         self.inherited = inherited
         self.owns_path = False
-        self.group = ""  # socket group name or gid; set by the daemon from socket_group
+        self.group = group  # socket group name or gid (socket_group), given the socket
         self.max_connections = max_connections
         self._handle = handle
         self._stream = stream

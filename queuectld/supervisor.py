@@ -1,10 +1,16 @@
-"""Worker processes as an explicit state machine: spawn, ready, busy, retire, exit, respawn.
+"""Executor processes as an explicit state machine: spawn, ready, retire, exit, respawn.
 
-The supervisor keeps ``desired`` workers alive. It does not choose jobs (the
-dispatcher does) and does not touch the store; it tells the dispatcher when a worker
-is ready, when a job finished, and when a worker died holding a job. Starting and
-signalling processes goes through :mod:`queuectld.procs` (the ``spawn`` seam), so the
-state machine can be driven by tests without forking.
+``worker start --count N`` means N jobs may run at once. The supervisor carries them on
+a few executor processes (``executors`` in the configuration, by default one per CPU,
+never more than N) and gives each its share of the N *slots*. It does not choose jobs
+(the dispatcher does) and does not touch the store: it sends each job to an executor
+with room, tells the dispatcher when slots free up, when a job finished, and when an
+executor died holding jobs.
+
+All killing decisions are made here, through one seam (:class:`ProcessOps`), so the
+state machine can be driven by tests without forking: a dead executor's job groups are
+killed before its jobs go back to the queue, and an executor that stops answering
+(a job of it overran its timeout, grace and lease margin) is killed.
 """
 
 from __future__ import annotations
@@ -13,57 +19,61 @@ import asyncio
 import contextlib
 import enum
 import itertools
+import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
 from queuectl.errors import ProtocolError
-from queuectl.protocol import (
-    CancelJob,
-    FrameBuffer,
-    JobFinished,
-    RevokeJob,
-    RunJob,
-    pack,
-)
+from queuectl.protocol import FrameBuffer
 from queuectld import procs
+from queuectld.execproto import (
+    Cancel,
+    JobFinished,
+    Retire,
+    Revoke,
+    RunJob,
+    SetSlots,
+    batch_items,
+    pack_batch,
+)
 from queuectld.jobs import Claim
 
 log = structlog.get_logger("queuectld.supervisor")
 
-# A worker that dies soon after starting is respawned after a growing delay.
+# An executor that dies soon after starting is respawned after a growing delay.
 RESPAWN_BASE_S = 0.1
 RESPAWN_MAX_S = 30.0
 CRASH_WINDOW_S = 60.0
-# A worker that dies sooner than this after it started counts towards a crash loop; one
-# killed later (by its job, by an operator) is simply replaced at once.
+# An executor that dies sooner than this after it started counts towards a crash loop;
+# one killed later (by an operator, by the hung check) is simply replaced at once.
 SHORT_LIVED_S = 5.0
-READ_CHUNK = 65536
+READ_CHUNK = 256 * 1024
 
 
-class WorkerState(enum.StrEnum):
+class ExecutorState(enum.StrEnum):
     STARTING = "starting"  # spawned, waiting for its ready frame
-    IDLE = "idle"  # ready for a job
-    BUSY = "busy"  # running a job
-    RETIRING = "retiring"  # told to exit (its stdin is closed), waiting for it to go
+    READY = "ready"  # takes jobs, up to its slots
+    RETIRING = "retiring"  # told to finish its running jobs and exit
     EXITED = "exited"
 
 
-TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.RETIRING, WorkerState.EXITED}),
-    WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.RETIRING, WorkerState.EXITED}),
-    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.RETIRING, WorkerState.EXITED}),
-    WorkerState.RETIRING: frozenset({WorkerState.EXITED}),
-    WorkerState.EXITED: frozenset(),
+TRANSITIONS: dict[ExecutorState, frozenset[ExecutorState]] = {
+    ExecutorState.STARTING: frozenset(
+        {ExecutorState.READY, ExecutorState.RETIRING, ExecutorState.EXITED}
+    ),
+    ExecutorState.READY: frozenset({ExecutorState.RETIRING, ExecutorState.EXITED}),
+    ExecutorState.RETIRING: frozenset({ExecutorState.EXITED}),
+    ExecutorState.EXITED: frozenset(),
 }
 
 
-class WorkerProcess(Protocol):
-    """What the supervisor needs of a worker process (asyncio's Process fits)."""
+class ExecutorProcess(Protocol):
+    """What the supervisor needs of an executor process (asyncio's Process fits)."""
 
     @property
     def pid(self) -> int: ...
@@ -74,167 +84,261 @@ class WorkerProcess(Protocol):
     async def wait(self) -> int: ...
 
 
-Spawn = Callable[[], Awaitable[WorkerProcess]]
+class ProcessOps(Protocol):
+    """The operating-system calls behind the supervisor (faked by unit tests)."""
+
+    async def spawn(self) -> ExecutorProcess: ...
+
+    def kill(self, pid: int, sig: signal.Signals) -> None: ...
+
+    def kill_group(self, pgid: int) -> None: ...
+
+    def find_job_groups(self, job_ids: set[str]) -> set[int]: ...
+
+
+class OsProcessOps:
+    """The real thing: :mod:`queuectld.procs`."""
+
+    def __init__(self, env: dict[str, str], queue_tag: str) -> None:
+        self.env = env
+        self.queue_tag = queue_tag
+
+    async def spawn(self) -> ExecutorProcess:
+        return await procs.spawn_executor(self.env)
+
+    def kill(self, pid: int, sig: signal.Signals) -> None:
+        procs.kill_process(pid, sig)
+
+    def kill_group(self, pgid: int) -> None:
+        procs.signal_group(pgid, signal.SIGKILL)
+
+    def find_job_groups(self, job_ids: set[str]) -> set[int]:
+        return procs.find_job_groups(self.queue_tag, job_ids)
 
 
 @dataclass
-class Worker:
-    """One supervised worker process and the job it holds, if any."""
+class Held:
+    """A job sent to an executor and not yet finished or handed back."""
+
+    claim: Claim
+    hung_after: float  # seconds a started attempt may take before its executor is hung
+    queued: bool  # sent to wait for a slot (claimed ahead), not to a free slot
+    pgid: int | None = None
+    deadline: float = float("inf")  # monotonic; past it the executor is presumed hung
+
+
+@dataclass
+class Executor:
+    """One supervised executor process and the jobs it holds."""
 
     name: str
-    proc: WorkerProcess
-    state: WorkerState = WorkerState.STARTING
-    claim: Claim | None = None
-    job_pgid: int | None = None
-    # Jobs sent ahead to run after ``claim`` (short jobs): not started until it ends.
-    queued: list[Claim] = field(default_factory=list)
-    revoking: set[str] = field(default_factory=set)  # queued job ids asked back
-    retire_after_job: bool = False
+    proc: ExecutorProcess
+    state: ExecutorState = ExecutorState.STARTING
+    slots: int = 0
+    held: dict[str, Held] = field(default_factory=dict)
+    revoking: set[str] = field(default_factory=set)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     reader: asyncio.Task[None] | None = None
 
-    def move(self, new: WorkerState) -> None:
+    def move(self, new: ExecutorState) -> None:
         if new not in TRANSITIONS[self.state]:
-            raise RuntimeError(f"worker {self.name}: {self.state} -> {new} is not allowed")
+            raise RuntimeError(f"executor {self.name}: {self.state} -> {new} is not allowed")
         self.state = new
+
+    @property
+    def free(self) -> int:
+        """Slots with nothing sent to them."""
+        if self.state is not ExecutorState.READY:
+            return 0
+        return max(0, self.slots - len(self.held))
+
+
+@dataclass(frozen=True)
+class SupervisorEvents:
+    """What the supervisor tells the dispatcher (all called on the event loop)."""
+
+    capacity: Callable[[], None]  # slots became free
+    finished: Callable[[Claim, JobFinished, str], None]  # an attempt ended (claim, result, by)
+    lost: Callable[[Claim, str], None]  # an executor died holding it (with the reason)
+    revoked: Callable[[Claim], None]  # handed back unstarted
+
+
+def shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal integers, larger first."""
+    if parts <= 0:
+        return []
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 class Supervisor:
-    """Keeps ``desired`` worker processes running and reports what they do."""
+    """Keeps executors running with ``desired`` slots in all, and reports what they do."""
 
-    def __init__(
-        self,
-        spawn: Spawn,
-        on_ready: Callable[[], None],
-        on_finished: Callable[[Worker, Claim, JobFinished], Awaitable[None]],
-        on_lost: Callable[[Worker, Claim, str], Awaitable[None]],
-    ) -> None:
-        self._spawn = spawn
-        self._on_ready = on_ready
-        self._on_finished = on_finished
-        self._on_lost = on_lost
+    def __init__(self, ops: ProcessOps, events: SupervisorEvents, max_executors: int) -> None:
+        self._ops = ops
+        self._events = events
+        self.max_executors = max(1, max_executors)
         self.desired = 0
-        self.workers: dict[str, Worker] = {}
+        self.executors: dict[str, Executor] = {}
         self._names = itertools.count(1)
         self._crashes: list[float] = []
         self._respawn_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._changed = asyncio.Event()
-        self.queue_tag = ""  # the QUEUECTL_QUEUE value of this daemon's jobs
-        # Called with a queued job the worker handed back unstarted (or that it never
-        # started because it exited). Jobs are queued on workers only when this is set.
-        self.on_revoked: Callable[[Worker, Claim], Awaitable[None]] | None = None
+        self._flush_scheduled = False
 
     # -- views ----------------------------------------------------------------
 
-    def idle(self) -> list[Worker]:
-        return [w for w in self.workers.values() if w.state is WorkerState.IDLE]
-
-    def busy(self) -> list[Worker]:
-        return [w for w in self.workers.values() if w.state is WorkerState.BUSY]
-
-    def can_queue(self) -> list[Worker]:
-        """Busy workers that may take one job queued behind the one they run."""
-        if self._stopping or self.on_revoked is None:
-            return []
+    def _live(self) -> list[Executor]:
         return [
-            w
-            for w in self.workers.values()
-            if w.state is WorkerState.BUSY and not w.queued and not w.retire_after_job
+            e
+            for e in self.executors.values()
+            if e.state in (ExecutorState.STARTING, ExecutorState.READY)
         ]
+
+    def free_slots(self) -> int:
+        """Slots of ready executors with nothing sent to them."""
+        if self._stopping:
+            return 0
+        return sum(e.free for e in self.executors.values())
+
+    def queue_room(self) -> int:
+        """How many jobs may be sent to wait behind running ones (one per slot)."""
+        if self._stopping:
+            return 0
+        return sum(
+            max(0, 2 * e.slots - max(len(e.held), e.slots))
+            for e in self.executors.values()
+            if e.state is ExecutorState.READY
+        )
 
     @property
     def running(self) -> int:
+        """Slots ready to run jobs (``workers running`` in ``status``)."""
+        ready = sum(e.slots for e in self.executors.values() if e.state is ExecutorState.READY)
+        return min(ready, self.desired)
+
+    @property
+    def busy(self) -> int:
+        """Jobs running (or starting) on executors."""
         return sum(
-            1 for w in self.workers.values() if w.state in (WorkerState.IDLE, WorkerState.BUSY)
+            1 for e in self.executors.values() for h in e.held.values() if not h.queued or h.pgid
         )
+
+    def held(self) -> int:
+        return sum(len(e.held) for e in self.executors.values())
 
     # -- control --------------------------------------------------------------
 
     async def scale(self, desired: int) -> None:
-        """Set the desired count: start workers, or retire idle ones (busy ones finish first)."""
+        """Set the number of slots: start or retire executors, give each its share."""
         self.desired = desired
         await self._reconcile()
 
     async def _reconcile(self) -> None:
         if self._stopping:
             return
-        live = [w for w in self.workers.values() if w.state is not WorkerState.RETIRING]
-        live = [w for w in live if not w.retire_after_job]
-        excess = len(live) - self.desired
-        if excess > 0:
-            # Retire idle and starting workers before busy ones.
-            order = sorted(live, key=lambda w: w.state is WorkerState.BUSY)
-            for worker in order[:excess]:
-                if worker.state is WorkerState.BUSY:
-                    worker.retire_after_job = True
-                    for queued in worker.queued:
-                        self.revoke(worker, queued)  # only the running job finishes
-                else:
-                    self._retire(worker)
-        elif excess < 0:
-            if self._respawn_timer is not None:
-                return  # a crash-loop delay is running; it will reconcile again
-            for _ in range(-excess):
+        wanted = 0 if self.desired == 0 else min(self.max_executors, self.desired)
+        live = self._live()
+        if len(live) > wanted:
+            for executor in sorted(live, key=lambda e: len(e.held))[: len(live) - wanted]:
+                self._retire(executor)
+            live = self._live()
+        elif len(live) < wanted and self._respawn_timer is None:
+            for _ in range(wanted - len(live)):
                 await self._start_one()
+            live = self._live()
+        for executor, slots in zip(live, shares(self.desired, len(live)), strict=True):
+            if executor.slots != slots:
+                if slots < executor.slots:
+                    self._revoke_queued(executor)
+                executor.slots = slots
+                self._send(executor, SetSlots(slots).to_wire())
+        self._changed.set()
+        self._events.capacity()
 
     async def _start_one(self) -> None:
-        name = f"w{next(self._names)}"
+        name = f"x{next(self._names)}"
         try:
-            proc = await self._spawn()
+            proc = await self._ops.spawn()
         except OSError as exc:
-            log.error("worker_spawn_failed", worker=name, error=str(exc))
+            log.error("executor_spawn_failed", executor=name, error=str(exc))
             self._note_crash()
             return
-        worker = Worker(name=name, proc=proc)
-        self.workers[name] = worker
-        worker.reader = asyncio.create_task(self._read(worker), name=f"reader-{name}")
-        log.debug("worker_spawned", worker=name, pid=proc.pid)
+        executor = Executor(name=name, proc=proc)
+        self.executors[name] = executor
+        executor.reader = asyncio.create_task(self._read(executor), name=f"reader-{name}")
+        log.debug("executor_spawned", executor=name, pid=proc.pid)
 
-    def _retire(self, worker: Worker) -> None:
-        worker.move(WorkerState.RETIRING)
-        with contextlib.suppress(Exception):
-            worker.proc.stdin.close()  # EOF tells the worker to exit
+    def _retire(self, executor: Executor) -> None:
+        executor.move(ExecutorState.RETIRING)
+        self._send(executor, Retire().to_wire())
 
-    def assign(self, worker: Worker, claim: Claim, job: RunJob) -> None:
-        """Hand ``claim`` to an idle worker; if the pipe is broken the reader reports it lost.
+    def assign(
+        self, claim: Claim, run: RunJob, hung_after: float, queued: bool = False
+    ) -> str | None:
+        """Send ``claim`` to the executor with the most room; its name (None: no room).
 
-        Synchronous on purpose: the worker is busy before the dispatcher can look again.
+        Synchronous on purpose: the slot is taken before the dispatcher looks again.
         """
-        worker.move(WorkerState.BUSY)
-        worker.claim = claim
-        worker.job_pgid = None
-        try:
-            worker.proc.stdin.write(pack(job.to_wire()))
-        except (ConnectionError, RuntimeError):
-            pass  # the reader task sees the exit and returns the job to the queue
+        ready = [e for e in self.executors.values() if e.state is ExecutorState.READY]
+        if queued:
+            room = [e for e in ready if len(e.held) < 2 * e.slots]
+            target = min(room, key=lambda e: len(e.held) - e.slots, default=None)
+        else:
+            target = max(ready, key=lambda e: e.free, default=None)
+            if target is not None and target.free <= 0:
+                target = None
+        if target is None:
+            return None
+        held = Held(claim, hung_after, queued)
+        if not queued:
+            held.deadline = time.monotonic() + hung_after
+        target.held[claim.job.id] = held
+        self._send(target, run.to_wire())
+        return target.name
 
-    def queue_next(self, worker: Worker, claim: Claim, job: RunJob) -> None:
-        """Send a busy worker ``claim`` to start as soon as its running job ends."""
-        worker.queued.append(claim)
-        try:
-            worker.proc.stdin.write(pack(job.to_wire()))
-        except (ConnectionError, RuntimeError):
-            pass  # the reader task sees the exit and hands the job back
+    def revoke_queued(self, count: int) -> None:
+        """Ask for up to ``count`` jobs waiting for a slot back (slots are free elsewhere)."""
+        for executor in self.executors.values():
+            wanted = [
+                job_id
+                for job_id, h in executor.held.items()
+                if h.queued and h.pgid is None and job_id not in executor.revoking
+            ][:count]
+            if wanted:
+                executor.revoking.update(wanted)
+                self._send(executor, Revoke(wanted).to_wire())
+                count -= len(wanted)
+            if count <= 0:
+                return
 
-    def revoke(self, worker: Worker, claim: Claim) -> None:
-        """Ask a worker for a queued job back (another worker is idle)."""
-        if claim.job.id in worker.revoking:
-            return
-        worker.revoking.add(claim.job.id)
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            worker.proc.stdin.write(pack(RevokeJob(claim.job.id).to_wire()))
+    def revoke_all_queued(self) -> None:
+        """Every job waiting for a slot comes back (drain, scale down)."""
+        for executor in self.executors.values():
+            self._revoke_queued(executor)
 
-    def cancel_running(self) -> None:
-        """Tell every busy worker to stop its job now (drain deadline passed)."""
-        for worker in self.busy():
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                worker.proc.stdin.write(pack(CancelJob().to_wire()))
+    def _revoke_queued(self, executor: Executor) -> None:
+        wanted = [
+            job_id
+            for job_id, h in executor.held.items()
+            if h.queued and h.pgid is None and job_id not in executor.revoking
+        ]
+        if wanted:
+            executor.revoking.update(wanted)
+            self._send(executor, Revoke(wanted).to_wire())
+
+    def cancel_running(self, job_ids: list[str] | None = None) -> None:
+        """Stop running jobs now (all, or those named): TERM, grace, KILL; they end interrupted."""
+        for executor in self.executors.values():
+            if executor.state is not ExecutorState.EXITED and executor.held:
+                self._send(executor, Cancel(job_ids).to_wire())
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no worker is busy; False if ``timeout`` passed first."""
+        """Wait until no executor holds a job; False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
-        while self.busy():
+        while self.held():
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -244,137 +348,150 @@ class Supervisor:
         return True
 
     async def stop(self, kill_after: float) -> None:
-        """Retire every worker and wait for them to exit; kill the ones that do not."""
+        """Retire every executor and wait for them to exit; kill the ones that do not."""
         self._stopping = True
         if self._respawn_timer is not None:
             self._respawn_timer.cancel()
-        for worker in list(self.workers.values()):
-            if worker.state not in (WorkerState.RETIRING, WorkerState.EXITED):
-                if worker.state is WorkerState.BUSY:
-                    worker.retire_after_job = True
-                    self.cancel_running()
-                else:
-                    self._retire(worker)
-        readers = [w.reader for w in self.workers.values() if w.reader is not None]
+        for executor in list(self.executors.values()):
+            if executor.held:
+                self._send(executor, Cancel().to_wire())
+            if executor.state in (ExecutorState.STARTING, ExecutorState.READY):
+                self._retire(executor)
+        readers = [e.reader for e in self.executors.values() if e.reader is not None]
         if not readers:
             return
         _, still = await asyncio.wait(readers, timeout=kill_after)
         if still:
-            for worker in list(self.workers.values()):
-                log.warning(
-                    "worker_killed",
-                    worker=worker.name,
-                    pid=worker.proc.pid,
-                    job_id=worker.claim.job.id if worker.claim else None,
-                )
-                procs.kill_process(worker.proc.pid, signal.SIGTERM)
+            for executor in list(self.executors.values()):
+                log.warning("executor_killed", executor=executor.name, pid=executor.proc.pid)
+                self._ops.kill(executor.proc.pid, signal.SIGTERM)
             _, still = await asyncio.wait(still, timeout=2.0)
-            for worker in list(self.workers.values()):
-                procs.kill_process(worker.proc.pid, signal.SIGKILL)
+            for executor in list(self.executors.values()):
+                self._ops.kill(executor.proc.pid, signal.SIGKILL)
             if still:
                 await asyncio.wait(still, timeout=2.0)
 
-    # -- events from a worker --------------------------------------------------
+    def kill_hung(self) -> None:
+        """Kill executors holding a job past its deadline; their exit requeues the jobs."""
+        now = time.monotonic()
+        for executor in list(self.executors.values()):
+            late = [h for h in executor.held.values() if now > h.deadline]
+            if late:
+                log.error(
+                    "executor_hung",
+                    executor=executor.name,
+                    pid=executor.proc.pid,
+                    job_ids=[h.claim.job.id for h in late],
+                )
+                for h in executor.held.values():
+                    h.deadline = float("inf")
+                self._ops.kill(executor.proc.pid, signal.SIGKILL)
 
-    async def _read(self, worker: Worker) -> None:
-        reader = worker.proc.stdout
+    # -- sending --------------------------------------------------------------
+
+    def _send(self, executor: Executor, msg: dict[str, Any]) -> None:
+        """Queue ``msg``; every executor's messages of this loop turn go in one frame."""
+        executor.outbox.append(msg)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        for executor in self.executors.values():
+            if not executor.outbox:
+                continue
+            frame, executor.outbox = pack_batch(executor.outbox), []
+            with contextlib.suppress(ConnectionError, RuntimeError, AttributeError):
+                executor.proc.stdin.write(frame)  # a broken pipe shows as the exit
+
+    # -- events from an executor -------------------------------------------------
+
+    async def _read(self, executor: Executor) -> None:
+        reader = executor.proc.stdout
         frames = FrameBuffer()
         try:
             while True:
-                # Read what is there and handle every frame in it: one wake-up for a
-                # worker's "finished" and "started" frames when they arrive together.
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     break
-                for msg in frames.feed(data):
-                    await self._handle(worker, msg)
+                for frame in frames.feed(data):
+                    for msg in batch_items(frame):
+                        self._handle(executor, msg)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except ProtocolError as exc:
-            log.error("worker_protocol_error", worker=worker.name, error=str(exc))
-            procs.kill_process(worker.proc.pid)
+            log.error("executor_protocol_error", executor=executor.name, error=str(exc))
+            self._ops.kill(executor.proc.pid, signal.SIGKILL)
         except Exception:
-            log.exception("worker_reader_failed", worker=worker.name)
-            procs.kill_process(worker.proc.pid)
-        await self._exited(worker)
+            log.exception("executor_reader_failed", executor=executor.name)
+            self._ops.kill(executor.proc.pid, signal.SIGKILL)
+        await self._exited(executor)
 
-    async def _handle(self, worker: Worker, msg: dict[str, Any]) -> None:
+    def _handle(self, executor: Executor, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")
         if kind == "ready":
-            if worker.state is WorkerState.STARTING:
-                worker.move(WorkerState.IDLE)
-                log.debug("worker_ready", worker=worker.name, pid=worker.proc.pid)
+            if executor.state is ExecutorState.STARTING:
+                executor.move(ExecutorState.READY)
+                log.debug("executor_ready", executor=executor.name, pid=executor.proc.pid)
                 self._changed.set()
-                self._on_ready()
+                self._events.capacity()
         elif kind == "started":
-            worker.job_pgid = int(msg["pgid"])
+            held = executor.held.get(str(msg.get("job_id")))
+            if held is not None:
+                held.pgid = int(msg["pgid"])
+                held.deadline = time.monotonic() + held.hung_after
         elif kind == "revoked":
-            job_id = msg.get("job_id")
-            for queued in worker.queued:
-                if queued.job.id == job_id:
-                    worker.queued.remove(queued)
-                    worker.revoking.discard(queued.job.id)
-                    if self.on_revoked is not None:
-                        await self.on_revoked(worker, queued)
-                    break
+            job_id = str(msg.get("job_id"))
+            executor.revoking.discard(job_id)
+            held = executor.held.pop(job_id, None)
+            if held is not None:
+                self._changed.set()
+                self._events.revoked(held.claim)
         elif kind == "finished":
-            claim, worker.claim, worker.job_pgid = worker.claim, None, None
-            if worker.queued:
-                # The worker starts its queued job now: it stays busy.
-                worker.claim = worker.queued.pop(0)
-                worker.revoking.discard(worker.claim.job.id)
-            elif worker.state is WorkerState.BUSY:
-                if worker.retire_after_job or self._stopping:
-                    worker.retire_after_job = False
-                    self._retire(worker)
-                else:
-                    worker.move(WorkerState.IDLE)
-            if worker.state is WorkerState.IDLE:
-                # Wake the dispatcher first: its next claim can share the commit that
-                # records this result.
-                self._on_ready()
-            if claim is not None:
-                await self._on_finished(worker, claim, JobFinished.from_wire(msg))
+            job_id = str(msg.get("job_id"))
+            executor.revoking.discard(job_id)
+            held = executor.held.pop(job_id, None)
             self._changed.set()
+            if held is not None:
+                self._events.finished(held.claim, JobFinished.from_wire(msg), executor.name)
+            if executor.free:
+                self._events.capacity()
 
-    async def _exited(self, worker: Worker) -> None:
-        code = await worker.proc.wait()
-        expected = worker.state is WorkerState.RETIRING
-        claim, pgid = worker.claim, worker.job_pgid
-        worker.claim = None
-        # Queued jobs never started: the worker reports "finished" for the running job
-        # before it starts the next, and every frame it sent was read before EOF.
-        unstarted, worker.queued = worker.queued, []
-        if worker.state is not WorkerState.EXITED:
-            worker.move(WorkerState.EXITED)
-        self.workers.pop(worker.name, None)
-        self._changed.set()
-        if claim is not None:
-            # The worker died with its job running: end the job's group so the job
-            # never runs twice at once once it is handed out again. If the worker died
-            # before it could say which group that is, find it by the job's tag.
-            groups = {pgid} if pgid is not None else set()
-            if pgid is None and self.queue_tag:
-                groups = procs.find_job_groups(self.queue_tag, {claim.job.id})
+    async def _exited(self, executor: Executor) -> None:
+        code = await executor.proc.wait()
+        expected = executor.state is ExecutorState.RETIRING
+        if executor.state is not ExecutorState.EXITED:
+            executor.move(ExecutorState.EXITED)
+        self.executors.pop(executor.name, None)
+        held, executor.held = list(executor.held.values()), {}
+        if held:
+            # End every job's group before the jobs are handed out again, so none runs
+            # twice at once. Jobs whose start was not reported yet are found by their tag.
+            groups = {h.pgid for h in held if h.pgid is not None}
+            unknown = {h.claim.job.id for h in held if h.pgid is None}
+            if unknown:
+                groups |= self._ops.find_job_groups(unknown)
             for group in groups:
-                procs.signal_group(group, signal.SIGKILL)
-            await self._on_lost(worker, claim, f"worker {worker.name} exited with code {code}")
-        for queued in unstarted:
-            if self.on_revoked is not None:
-                await self.on_revoked(worker, queued)
-        if expected:
-            log.debug("worker_exited", worker=worker.name, code=code)
+                self._ops.kill_group(group)
+        reason = f"executor {executor.name} exited with code {code}"
+        for h in held:
+            # Whether a job never reported as started did start cannot be known: it is
+            # recorded as interrupted, like one that did (at-least-once, nothing hidden).
+            self._events.lost(h.claim, reason)
+        self._changed.set()
+        if expected and not held:
+            log.debug("executor_exited", executor=executor.name, code=code)
         else:
             log.warning(
-                "worker_died",
-                worker=worker.name,
-                pid=worker.proc.pid,
+                "executor_died",
+                executor=executor.name,
+                pid=executor.proc.pid,
                 code=code,
-                job_id=claim.job.id if claim else None,
-                attempt=claim.attempt if claim else None,
+                jobs=[h.claim.job.id for h in held],
             )
-            if time.monotonic() - worker.started_at < SHORT_LIVED_S:
-                self._note_crash()  # only a worker that cannot stay up is a crash loop
+            if time.monotonic() - executor.started_at < SHORT_LIVED_S:
+                self._note_crash()
         if not self._stopping:
             await self._reconcile()
 
@@ -391,3 +508,8 @@ class Supervisor:
     def _respawn_due(self) -> None:
         self._respawn_timer = None
         asyncio.get_running_loop().create_task(self._reconcile())
+
+
+def default_executors(configured: int) -> int:
+    """``executors`` from the configuration, or one per CPU."""
+    return configured if configured > 0 else (os.cpu_count() or 1)

@@ -71,7 +71,8 @@ class Store(abc.ABC):
 
         Each becomes ``processing`` under a fresh lease token owned by ``owner``, expiring
         after its timeout plus ``lease_margin``, and gets a new row in its attempts
-        history. Uses an index: the cost must not grow with the number of waiting jobs.
+        history. Uses an index: the cost must not grow with the number of waiting jobs,
+        and the number of statements must not grow with ``limit``.
         """
 
     @abc.abstractmethod
@@ -79,25 +80,35 @@ class Store(abc.ABC):
         """The earliest ``run_at`` of a claimable job, or ``None`` when there is none."""
 
     @abc.abstractmethod
-    def finish_attempt(self, result: AttemptResult) -> bool:
-        """Record an attempt's end and move the job to ``result.next_state``.
+    def finish_attempts(self, results: Sequence[AttemptResult]) -> list[bool]:
+        """Record the end of several attempts and move each job to its ``next_state``.
 
         A ``next_state`` that :data:`~queuectld.jobs.TRANSITIONS` does not allow after
         ``processing`` is a programming error: it raises and changes nothing.
 
-        Returns ``False`` and changes nothing when the job no longer holds
-        ``result.lease_token`` (its lease was taken back): a late result is refused,
-        so an attempt is never recorded twice.
+        For each result, ``False`` (and nothing changed for it) when the job no longer
+        holds ``result.lease_token`` (its lease was taken back): a late result is
+        refused, so an attempt is never recorded twice. A ``started_at`` of ``None``
+        keeps the start recorded when the attempt was claimed. The cost is a constant
+        number of statements, however many results there are.
         """
+
+    def finish_attempt(self, result: AttemptResult) -> bool:
+        """:meth:`finish_attempts` for one result."""
+        return self.finish_attempts([result])[0]
 
     @abc.abstractmethod
-    def release_claim(self, claim: Claim) -> bool:
-        """Give back a claim whose attempt never started (a job claimed ahead of the workers).
+    def release_claims(self, claims: Sequence[Claim]) -> list[bool]:
+        """Give back claims whose attempts never started (jobs claimed ahead of the slots).
 
-        The job is ``pending`` again, unleased, and its attempts history loses the row
-        the claim added, as if it had never been claimed: nothing is charged. Returns
-        ``False`` and changes nothing when the job no longer holds ``claim.lease_token``.
+        Each job is ``pending`` again, unleased, and its attempts history loses the row
+        the claim added, as if it had never been claimed: nothing is charged. ``False``
+        (and nothing changed for it) when the job no longer holds ``claim.lease_token``.
         """
+
+    def release_claim(self, claim: Claim) -> bool:
+        """:meth:`release_claims` for one claim."""
+        return self.release_claims([claim])[0]
 
     @abc.abstractmethod
     def leased_jobs(self, owner: str | None, expired_before: float | None) -> list[Claim]:

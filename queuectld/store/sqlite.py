@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -185,6 +186,15 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise _wrap(exc) from exc
 
+    def _run_many(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+        """One named statement over many parameter sets (nothing to do for none)."""
+        if not rows:
+            return
+        try:
+            self.db.executemany(Q[name], rows)
+        except sqlite3.Error as exc:
+            raise _wrap(exc) from exc
+
     # -- jobs -----------------------------------------------------------------
 
     def _assign_ids(self, jobs: Sequence[NewJob]) -> list[str]:
@@ -305,75 +315,104 @@ class SQLiteStore(Store):
     def claim_due(
         self, owner: str, limit: int, now: float, default_timeout: float, lease_margin: float
     ) -> list[Claim]:
-        seqs = [r["seq"] for r in self._run("select_due", {"now": now, "limit": limit})]
-        claims: list[Claim] = []
-        for seq in seqs:
-            token = os.urandom(8).hex()  # what secrets.token_hex(8) does
-            params = {
-                "seq": seq,
-                "now": now,
-                "owner": owner,
-                "token": token,
-                "default_timeout": default_timeout,
-                "lease_margin": lease_margin,
-            }
-            row = self._run("lease_job", params).fetchone()
-            if row is None:
-                continue
-            attempt = row["runs"]
-            self._run(
-                "insert_attempt", {"seq": seq, "attempt": attempt, "owner": owner, "now": now}
-            )
-            claims.append(Claim(job=_job(row), attempt=attempt, lease_token=token))
-        return claims
+        params = {
+            "now": now,
+            "owner": owner,
+            "limit": limit,
+            "default_timeout": default_timeout,
+            "lease_margin": lease_margin,
+        }
+        rows = self._run("claim_due", params).fetchall()
+        rows.sort(key=lambda r: (r["run_at"], r["seq"]))  # RETURNING keeps no order
+        self._run_many(
+            "insert_attempt",
+            [{"seq": r["seq"], "attempt": r["runs"], "owner": owner, "now": now} for r in rows],
+        )
+        return [Claim(job=_job(r), attempt=r["runs"], lease_token=r["lease_token"]) for r in rows]
 
     def next_due_at(self) -> float | None:
         row = self._run("next_due_at").fetchone()
         return None if row is None else float(row["run_at"])
 
-    def finish_attempt(self, result: AttemptResult) -> bool:
-        if not can_transition(JobState.PROCESSING, result.next_state):
-            raise InternalError(
-                f"job {result.job_id!r} cannot go from processing to {result.next_state.value}"
-            )
-        row = self._run(
-            "finish_job",
-            {
-                "id": result.job_id,
-                "token": result.lease_token,
-                "state": result.next_state.value,
-                "attempts": result.attempts,
-                "interruptions": result.interruptions,
-                "run_at": result.run_at,
-                "now": result.finished_at,
-                "exit_code": result.exit_code,
-                "error": result.job_error or result.error,
-            },
-        ).fetchone()
-        if row is None:
-            return False
-        self._run(
-            "finish_attempt",
-            {
-                "seq": row["seq"],
-                "attempt": result.attempt,
-                "started_at": result.started_at,
-                "finished_at": result.finished_at,
-                "exit_code": result.exit_code,
-                "outcome": result.outcome,
-                "error": result.error,
-                "worker": result.worker,
-            },
-        )
-        return True
+    def _leases(self, ids: Sequence[str]) -> dict[str, sqlite3.Row]:
+        rows = self._run("leases_of", {"ids": json.dumps(list(ids))}).fetchall()
+        return {r["id"]: r for r in rows}
 
-    def release_claim(self, claim: Claim) -> bool:
-        params = {"id": claim.job.id, "token": claim.lease_token, "attempt": claim.attempt}
-        row = self._run("release_job", params).fetchone()
-        if row is None:
-            return False
-        self._run("delete_attempt", {"seq": row["seq"], "attempt": claim.attempt})
-        return True
+    def finish_attempts(self, results: Sequence[AttemptResult]) -> list[bool]:
+        for result in results:
+            if not can_transition(JobState.PROCESSING, result.next_state):
+                raise InternalError(
+                    f"job {result.job_id!r} cannot go from processing to {result.next_state.value}"
+                )
+        leases = self._leases([r.job_id for r in results])
+        ok: list[bool] = []
+        held: set[str] = set()
+        jobs: list[dict[str, Any]] = []
+        attempts: list[dict[str, Any]] = []
+        for result in results:
+            row = leases.get(result.job_id)
+            valid = (
+                row is not None
+                and row["state"] == JobState.PROCESSING.value
+                and row["lease_token"] == result.lease_token
+                and result.job_id not in held  # one result per lease
+            )
+            ok.append(valid)
+            if not valid or row is None:
+                continue
+            held.add(result.job_id)
+            jobs.append(
+                {
+                    "seq": row["seq"],
+                    "token": result.lease_token,
+                    "state": result.next_state.value,
+                    "attempts": result.attempts,
+                    "interruptions": result.interruptions,
+                    "run_at": result.run_at,
+                    "now": result.finished_at,
+                    "exit_code": result.exit_code,
+                    "error": result.job_error or result.error,
+                }
+            )
+            attempts.append(
+                {
+                    "seq": row["seq"],
+                    "attempt": result.attempt,
+                    "started_at": result.started_at,
+                    "finished_at": result.finished_at,
+                    "exit_code": result.exit_code,
+                    "outcome": result.outcome,
+                    "error": result.error,
+                    "worker": result.worker,
+                }
+            )
+        self._run_many("finish_job", jobs)
+        self._run_many("finish_attempt", attempts)
+        return ok
+
+    def release_claims(self, claims: Sequence[Claim]) -> list[bool]:
+        leases = self._leases([c.job.id for c in claims])
+        ok: list[bool] = []
+        released: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for claim in claims:
+            row = leases.get(claim.job.id)
+            valid = (
+                row is not None
+                and row["state"] == JobState.PROCESSING.value
+                and row["lease_token"] == claim.lease_token
+                and row["runs"] == claim.attempt
+                and claim.job.id not in seen
+            )
+            ok.append(valid)
+            if valid and row is not None:
+                seen.add(claim.job.id)
+                released.append(
+                    {"seq": row["seq"], "token": claim.lease_token, "attempt": claim.attempt}
+                )
+        self._run_many("release_job", released)
+        self._run_many("delete_attempt", released)
+        return ok
 
     def leased_jobs(self, owner: str | None, expired_before: float | None) -> list[Claim]:
         if owner is None:

@@ -185,14 +185,14 @@ class DaemonProcess:
 
     # -- looking ----------------------------------------------------------------
 
-    def workers(self) -> list[int]:
-        """Pids of this daemon's worker processes (its children running queuectld.worker)."""
-        return [pid for pid in children(self.pid) if b"queuectld.worker" in cmdline(pid)]
+    def executors(self) -> list[int]:
+        """Pids of this daemon's executor processes (its children running queuectld.executor)."""
+        return [pid for pid in children(self.pid) if b"queuectld.executor" in cmdline(pid)]
 
     def job_groups(self) -> list[int]:
-        """Process group ids of the jobs running now (each worker's child leads one)."""
+        """Process group ids of the jobs running now (each executor's children lead them)."""
         groups = []
-        for worker in self.workers():
+        for worker in self.executors():
             for pid in children(worker):
                 with contextlib.suppress(ProcessLookupError):
                     pgid = os.getpgid(pid)

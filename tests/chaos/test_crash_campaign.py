@@ -13,6 +13,7 @@ Set CHAOS_SEED to replay a campaign.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -188,7 +189,7 @@ def test_worker_and_job_sigkill_campaign(
                 break
             time.sleep(rng.uniform(0.02, 0.15))
             if time.monotonic() >= next_worker_kill:
-                workers = daemon.workers()
+                workers = daemon.executors()
                 if workers:
                     victim = rng.choice(workers)
                     os.kill(victim, signal.SIGKILL)
@@ -280,3 +281,69 @@ def test_enqueue_with_conflict_after_crash_is_all_or_nothing(
     for batch in batches:
         present = {s["id"] for s in batch} & stored
         assert len(present) in (0, len(batch)), f"partial batch stored: {len(present)}"
+
+
+def _all_gone(pids: frozenset[int]) -> bool:
+    return not any(os.path.exists(f"/proc/{p}") for p in pids)
+
+
+def test_executor_sigkill_campaign(
+    make_daemon: Callable[..., DaemonProcess],
+    scratch: Path,
+    chaos_options: ChaosOptions,
+    report: Callable[[str], None],
+) -> None:
+    """SIGKILL the one executor while about 50 jobs run in it, round after round.
+
+    Every job ends completed exactly once, extra runs only where an interruption is
+    recorded, no two copies of a job at once (``flock -n``), and no job group of a
+    killed executor left behind.
+    """
+    seed = _seed()
+    rng = random.Random(seed)
+    work = scratch / "work"
+    (work / "locks").mkdir(parents=True)
+    rounds = 5 if not chaos_options.long else 30
+    # About 6 s a round (an executor must outlive the crash-loop window to be replaced
+    # at once) at 50 jobs of 3 s each: enough work that 50 run whenever one is killed.
+    total = 110 * rounds + 100
+    specs = [
+        {"id": f"x{i:05d}", "command": job_command(work, f"x{i:05d}", body="; sleep 3")}
+        for i in range(total)
+    ]
+    daemon = make_daemon(env={"QUEUECTLD_EXECUTORS": "1", "QUEUECTLD_KILL_GRACE": "1"})
+    daemon.start()
+    _configure(daemon, 50, max_retries="0", max_interruptions="50")
+    with daemon.client() as c:
+        c.enqueue_batch(specs)
+    kills = 0
+    killed_groups: set[int] = set()
+    first_seen: dict[int, float] = {}
+    deadline = time.monotonic() + 60 * rounds
+    while kills < rounds and time.monotonic() < deadline:
+        (executor,) = wait_until(lambda: daemon.executors(), 30, "an executor")
+        first_seen.setdefault(executor, time.monotonic())
+        groups = daemon.job_groups()
+        if len(groups) < 40 or time.monotonic() - first_seen[executor] < 5.5:
+            time.sleep(rng.uniform(0.05, 0.2))
+            continue
+        killed_groups |= set(groups)
+        os.kill(executor, signal.SIGKILL)
+        kills += 1
+        # Every job group of the dead executor is gone before its jobs run again.
+        wait_until(functools.partial(_all_gone, frozenset(killed_groups)), 10, "the groups to die")
+    assert kills == rounds, f"only {kills} of {rounds} rounds had 40 jobs running"
+    wait_drained(daemon, timeout=180)
+    assert_no_overlap(work)
+    with daemon.client() as c:
+        ledger = check_ledger(c, {str(s["id"]) for s in specs}, side_effects(work / "side"))
+        histories = [c.get_job(str(s["id"]))["history"] for s in specs]
+    interrupted = [a for h in histories for a in h if a["outcome"] == "interrupted"]
+    assert ledger["completed"] == total, ledger
+    assert len(interrupted) >= 40 * rounds, len(interrupted)
+    assert all("exited with code -9" in a["error"] for a in interrupted)
+    assert daemon.stop() == 0
+    report(
+        f"seed={seed} jobs={total} executor_kills={kills} interrupted={len(interrupted)} "
+        f"duplicates={ledger['duplicate_executions']} lost=0 overlaps=0"
+    )

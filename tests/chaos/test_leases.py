@@ -145,7 +145,7 @@ def test_hung_worker_is_killed_and_its_job_runs_again_once(
     _settings(daemon, 1)
     with daemon.client() as c:
         c.enqueue(f"sleep 0.3; echo hung >> {side}", id="hung", timeout=1)
-    worker = wait_until(lambda: daemon.workers(), 10, "a worker")[0]
+    worker = wait_until(lambda: daemon.executors(), 10, "a worker")[0]
     wait_until(lambda: daemon.job_groups(), 10, "the job to start")
     os.kill(worker, signal.SIGSTOP)
     try:

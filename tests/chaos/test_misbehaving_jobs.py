@@ -53,8 +53,8 @@ def gone(pid: int) -> bool:
 
 
 def test_a_gigabyte_of_output_is_capped_and_memory_stays_flat(daemon: DaemonProcess) -> None:
-    wait_until(lambda: len(daemon.workers()) == 2, 10, "the workers")
-    before_daemon, before_workers = daemon.rss_kb(), max(rss_kb(w) for w in daemon.workers())
+    wait_until(lambda: len(daemon.executors()) == 2, 10, "the workers")
+    before_daemon, before_workers = daemon.rss_kb(), max(rss_kb(w) for w in daemon.executors())
     peaks = {"daemon": before_daemon, "worker": before_workers}
     done = threading.Event()
 
@@ -62,7 +62,7 @@ def test_a_gigabyte_of_output_is_capped_and_memory_stays_flat(daemon: DaemonProc
         while not done.is_set():
             try:
                 peaks["daemon"] = max(peaks["daemon"], daemon.rss_kb())
-                for w in daemon.workers():
+                for w in daemon.executors():
                     peaks["worker"] = max(peaks["worker"], rss_kb(w))
             except (OSError, AssertionError):
                 pass

@@ -540,7 +540,7 @@ def test_sighup_applies_a_new_worker_count_without_dropping_anything(svc: Servic
         held.close()
     (reloaded,) = svc.event("config_reloaded")
     assert set(reloaded["changed"]) == {"workers", "drain_timeout", "log_level"}
-    assert svc.event("worker_spawned")  # debug logging is on now
+    assert svc.event("executor_spawned")  # debug logging is on now
 
     # A count set at run time (`queuectl worker start`) wins over the file.
     with svc.client() as c:
@@ -713,7 +713,7 @@ def test_logs_under_journald_carry_priority_and_no_timestamp(svc: Service) -> No
     assert events["daemon_ready"][0] == 6  # info
     assert events["job_dead"][0] == 4  # warning
     done = events["job_completed"][1]
-    assert (done["job_id"], done["attempt"], done["worker"]) == ("ok", 1, "w1")
+    assert (done["job_id"], done["attempt"], done["worker"]) == ("ok", 1, "x1")
     # The file has what a file needs: timestamps, no priority prefix.
     for line in (svc.home / "file.log").read_text().splitlines():
         assert json.loads(line)["timestamp"]

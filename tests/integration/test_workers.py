@@ -52,8 +52,8 @@ def test_four_workers_run_500_jobs_each_exactly_once(
     completed = [e["id"] for e in events if e["type"] == "completed"]
     assert len(completed) == len(set(completed))
     assert events[-1]["type"] == "idle"
-    workers = {e.get("worker") for e in events if e["type"] == "started"}
-    assert len(workers) == 4  # the work was shared
+    executors = {e.get("worker") for e in events if e["type"] == "started"}
+    assert len(executors) == min(4, os.cpu_count() or 1)  # the work was shared
 
 
 def test_worker_count_is_kept_across_restarts(daemon: QueueDaemon) -> None:
@@ -153,7 +153,7 @@ def test_a_killed_worker_is_replaced_and_its_job_requeued(
 def _is_worker(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"queuectld.worker" in fh.read()
+            return b"queuectld.executor" in fh.read()
     except OSError:
         return False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,10 +94,47 @@ def test_schema_version_is_recorded_in_meta(tmp_path: Path) -> None:
 def test_claim_and_next_due_use_the_jobs_due_index(sqlite_store: SQLiteStore) -> None:
     db = sqlite_store.db
     db.execute("ANALYZE")
-    for name in ("select_due", "next_due_at"):
-        text = plan(db, Q[name], {"now": T0, "limit": 1})
+    params = {"now": T0, "limit": 1, "owner": "n", "default_timeout": 1.0, "lease_margin": 1.0}
+    for name in ("claim_due", "next_due_at"):
+        text = plan(db, Q[name], params)
         assert "jobs_due" in text, text
         assert "TEMP B-TREE" not in text, text  # no sort: the index gives the order
+
+
+def test_a_batch_costs_a_constant_number_of_statements(sqlite_store: SQLiteStore) -> None:
+    """Claiming, recording and giving back 5 or 50 jobs runs the same statements."""
+    store = sqlite_store
+
+    def statements(n: int) -> list[str]:
+        """Named statements the store sent to SQLite (an executemany counts once)."""
+        sent: list[str] = []
+        run, run_many = store._run, store._run_many
+
+        def counted_run(name: str, params: Any = None) -> Any:
+            sent.append(name)
+            return run(name, params)
+
+        def counted_many(name: str, rows: Any) -> None:
+            sent.append(name)
+            run_many(name, rows)
+
+        with store.transaction():
+            store.insert_jobs([NewJob("true") for _ in range(2 * n)], T0)
+        store._run, store._run_many = counted_run, counted_many  # type: ignore[method-assign]
+        try:
+            with store.transaction():
+                claims = store.claim_due("node", 2 * n, T0, 10.0, 30.0)
+                assert len(claims) == 2 * n
+                results = [result_for(c, JobState.COMPLETED) for c in claims[:n]]
+                assert all(store.finish_attempts(results))
+                assert all(store.release_claims(claims[n:]))
+        finally:
+            del store._run, store._run_many
+        return sent
+
+    small, large = statements(5), statements(50)
+    assert small == large
+    assert len(large) <= 10, large
 
 
 def test_counts_kept_by_triggers_match_the_rows(sqlite_store: SQLiteStore) -> None:

@@ -34,7 +34,6 @@ from queuectl.protocol import (
     ErrorBody,
     FrameBuffer,
     Hello,
-    JobFinished,
     JobIdArgs,
     ListArgs,
     LogsArgs,
@@ -43,7 +42,6 @@ from queuectl.protocol import (
     Outcome,
     Reply,
     Request,
-    RunJob,
     WatchArgs,
     WorkersArgs,
     frame_length,
@@ -51,6 +49,7 @@ from queuectl.protocol import (
     parse_args,
     unpack,
 )
+from queuectld.execproto import JobFinished, RunJob, batch_items, pack_batch
 
 # Values msgpack carries and unpack gives back unchanged (lists stay lists).
 scalars = (
@@ -214,12 +213,13 @@ def test_reply_round_trip_and_error_codes() -> None:
     assert str(unknown) == "m"
 
 
-def test_worker_messages_round_trip() -> None:
+def test_executor_messages_round_trip_in_one_batch_frame() -> None:
     run = RunJob("a", 1, "true", "/", 10.0, 5.0, "/tmp/x", 1024)
-    assert RunJob(**{k: v for k, v in run.to_wire().items() if k != "kind"}) == run
     done = JobFinished("a", 1, Outcome.TIMEOUT, None, "timed out", 1.0, 2.0)
-    wire = unpack(pack(done.to_wire())[HEADER.size :])
-    assert JobFinished.from_wire(wire) == done
+    frame = unpack(pack_batch([run.to_wire(), done.to_wire()])[HEADER.size :])
+    first, second = batch_items(frame)
+    assert RunJob.from_wire(first) == run
+    assert JobFinished.from_wire(second) == done
 
 
 # -- argument validation ---------------------------------------------------------

@@ -47,18 +47,18 @@ SELECT state, n FROM job_counts;
 -- name: count_by_state_of_owner
 SELECT state, COUNT(*) AS n FROM jobs WHERE owner_uid = :owner_uid GROUP BY state;
 
--- name: select_due
-SELECT seq FROM jobs INDEXED BY jobs_due
-WHERE state IN ('pending', 'failed') AND run_at <= :now
-ORDER BY run_at, seq
-LIMIT :limit;
-
--- name: lease_job
+-- name: claim_due
+-- One statement for the whole batch; each job gets its own random lease token.
 UPDATE jobs
 SET state = 'processing', runs = runs + 1, updated_at = :now,
-    lease_owner = :owner, lease_token = :token,
+    lease_owner = :owner, lease_token = lower(hex(randomblob(8))),
     lease_expires_at = :now + COALESCE(timeout, :default_timeout) + :lease_margin
-WHERE seq = :seq AND state IN ('pending', 'failed')
+WHERE seq IN (
+    SELECT seq FROM jobs INDEXED BY jobs_due
+    WHERE state IN ('pending', 'failed') AND run_at <= :now
+    ORDER BY run_at, seq
+    LIMIT :limit
+)
 RETURNING *;
 
 -- name: insert_attempt
@@ -69,26 +69,30 @@ VALUES (:seq, :attempt, :owner, :now);
 SELECT run_at FROM jobs INDEXED BY jobs_due
 WHERE state IN ('pending', 'failed') ORDER BY run_at, seq LIMIT 1;
 
+-- name: leases_of
+-- The lease of each job named in the JSON array :ids (checked before a batch update).
+SELECT id, seq, state, lease_token, runs FROM jobs
+WHERE id IN (SELECT value FROM json_each(:ids));
+
 -- name: finish_job
 UPDATE jobs
 SET state = :state, attempts = :attempts, interruptions = :interruptions, run_at = :run_at,
     updated_at = :now, last_exit_code = :exit_code, last_error = :error,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-WHERE id = :id AND state = 'processing' AND lease_token = :token
-RETURNING seq;
+WHERE seq = :seq AND state = 'processing' AND lease_token = :token;
 
 -- name: finish_attempt
+-- A NULL :started_at keeps the start written at the claim (an interrupted attempt).
 UPDATE attempts
-SET started_at = :started_at, finished_at = :finished_at, exit_code = :exit_code,
-    outcome = :outcome, error = :error, worker = :worker
+SET started_at = COALESCE(:started_at, started_at), finished_at = :finished_at,
+    exit_code = :exit_code, outcome = :outcome, error = :error, worker = :worker
 WHERE job_seq = :seq AND attempt = :attempt;
 
 -- name: release_job
 UPDATE jobs
 SET state = 'pending', runs = runs - 1,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-WHERE id = :id AND state = 'processing' AND lease_token = :token AND runs = :attempt
-RETURNING seq;
+WHERE seq = :seq AND state = 'processing' AND lease_token = :token AND runs = :attempt;
 
 -- name: delete_attempt
 DELETE FROM attempts WHERE job_seq = :seq AND attempt = :attempt;
