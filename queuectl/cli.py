@@ -25,6 +25,7 @@ from queuectl.errors import (
     EXIT_REFUSED,
     NoDaemon,
     QueuectlError,
+    ShuttingDown,
     Unavailable,
 )
 from queuectl.protocol import (
@@ -583,6 +584,9 @@ def shutdown(c: Context) -> None:
             client.shutdown()
     except NoDaemon:
         click.echo("queuectld is not running")
+        return
+    except ShuttingDown as exc:  # already draining: what was asked is under way
+        click.echo(exc.message)
         return
     click.echo("queuectld is shutting down")
 

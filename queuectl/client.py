@@ -52,8 +52,9 @@ from queuectl.protocol import (
 AUTOSTART_TIMEOUT_S = 15.0
 # How long a command waits for a draining daemon to exit before starting a new one.
 DRAIN_WAIT_S = 60.0
-# Requests a draining daemon still answers (see queuectld.handlers).
-ANSWERED_WHILE_DRAINING = frozenset({Op.PING, Op.STATUS, Op.SHUTDOWN})
+# Requests never sent again to a new daemon when a draining one refuses them: those it
+# answers (ping, status), and shutdown (starting a daemon to stop it makes no sense).
+NOT_RETRIED_AFTER_DRAIN = frozenset({Op.PING, Op.STATUS, Op.SHUTDOWN})
 
 
 def user_home() -> Path:
@@ -213,7 +214,7 @@ class Client:
         except ShuttingDown as refusal:
             # Refused without effect by a draining daemon: with autostart, wait for it
             # to exit and ask its successor (`queuectl shutdown; queuectl enqueue ...`).
-            if self._autostart_path is None or op in ANSWERED_WHILE_DRAINING:
+            if self._autostart_path is None or op in NOT_RETRIED_AFTER_DRAIN:
                 raise
             self._replace_draining_daemon(refusal)
             return self._call_once(op, args)

@@ -255,9 +255,10 @@ async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
 Handler = Callable[["Daemon", Any], Awaitable[Any]]
 Stream = Callable[["Daemon", Any], AsyncIterator[dict[str, Any]]]
 
-# What a draining daemon still answers: how it is doing, and a second `shutdown`
-# (which stops the running jobs at once). Everything else is refused, changing nothing.
-ANSWERED_WHILE_DRAINING = frozenset({Op.PING, Op.STATUS, Op.SHUTDOWN})
+# What a draining daemon still answers: how it is doing. Everything else is refused,
+# changing nothing; a second `shutdown` too (a script that says it twice must not stop
+# the running jobs: a second SIGTERM does that).
+ANSWERED_WHILE_DRAINING = frozenset({Op.PING, Op.STATUS})
 
 
 def _refuse_if_draining(d: Daemon) -> None:

@@ -89,6 +89,10 @@ def test_commands_during_a_drain_say_so(daemon: QueueDaemon, tmp_path: Path) -> 
         proc = daemon.run(*argv)
         assert proc.returncode == 1, proc
         assert proc.stderr == "queuectl: queuectld is shutting down; 1 job still running\n"
+    # A second `shutdown` changes nothing: the running job is not stopped.
+    again = daemon.run("shutdown")
+    assert again.returncode == 0
+    assert again.stdout == "queuectld is shutting down; 1 job still running\n"
     release.touch()
     assert daemon.proc is not None and daemon.proc.wait(30) == 0
     daemon.proc = None
