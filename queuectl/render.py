@@ -155,8 +155,10 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
         f"command:     {j['command']}",
         f"cwd:         {j.get('cwd') or ''}",
         f"state:       {j['state']}",
-        f"attempts:    {j['attempts']} (max retries {j['max_retries']}, "
-        f"interruptions {j['interruptions']})",
+        # Attempts count toward the retry limit (reset by `dlq retry`); the history
+        # below keeps every run, so say both, or the numbers seem to disagree.
+        f"attempts:    {j['attempts']} of {j['max_retries'] + 1} allowed; "
+        f"{len(j['history'])} runs recorded, {j['interruptions']} interrupted",
         f"timeout:     {j['timeout']:g}s",
         f"created:     {when_zoned(j['created_at'])}",
         f"updated:     {when_zoned(j['updated_at'])}",
