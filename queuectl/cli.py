@@ -395,16 +395,38 @@ def status(c: Context, as_json: bool) -> None:
 @click.option("--state", type=click.Choice(STATES), help="only jobs in this state")
 @click.option("--limit", type=Int(1, MAX_LIST_LIMIT), default=100, show_default=True)
 @click.option("--offset", type=Int(0, MAX_OFFSET), default=0)
+@click.option("--newest", is_flag=True, help="newest first (--offset counts from the newest)")
 @wide_option
 @json_option
 @pass_ctx
 def list_cmd(
-    c: Context, state: str | None, limit: int, offset: int, wide: bool, as_json: bool
+    c: Context,
+    state: str | None,
+    limit: int,
+    offset: int,
+    newest: bool,
+    wide: bool,
+    as_json: bool,
 ) -> None:
     """List jobs, oldest first (times are local; the zone is in the header)."""
     with c.client() as client:
-        jobs, total = client.list_jobs(state, limit, offset)
+        if newest:
+            jobs, total = _newest_first(client, state, limit, offset)
+        else:
+            jobs, total = client.list_jobs(state, limit, offset)
     emit(jobs, as_json, lambda js: render.jobs(js, total, table_width(wide)))
+
+
+def _newest_first(
+    client: Client, state: str | None, limit: int, offset: int
+) -> tuple[list[Any], int]:
+    """The page ``offset``..``offset+limit`` counted from the newest job, newest first."""
+    _, total = client.list_jobs(state, 1, 0)  # how many there are
+    count = min(limit, total - offset)
+    if count <= 0:
+        return [], total
+    jobs, total = client.list_jobs(state, count, total - offset - count)
+    return jobs[::-1], total
 
 
 @cli.command()

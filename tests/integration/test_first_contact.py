@@ -462,3 +462,17 @@ def test_daemon_errors_on_a_terminal_read_as_text(daemon: QueueDaemon) -> None:
     text = out.decode()
     assert proc.returncode == 1
     assert "another queuectld is using" in text and not text.lstrip().startswith("{"), text
+
+
+def test_list_newest_first(daemon: QueueDaemon) -> None:
+    for job_id in ("a", "b", "c"):
+        daemon.cli("enqueue", "--id", job_id, "--", "true")
+
+    def ids(*flags: str) -> list[str]:
+        return [j["id"] for j in daemon.cli_json("list", "--newest", *flags)]
+
+    assert ids() == ["c", "b", "a"]
+    assert ids("--limit", "2") == ["c", "b"]
+    assert ids("--offset", "1", "--limit", "5") == ["b", "a"]
+    assert ids("--offset", "3") == []
+    assert daemon.cli("list", "--newest").splitlines()[2].startswith("c ")
