@@ -232,7 +232,6 @@ class Executor:
         self.retiring = False
         self.closed = False  # the daemon is gone
         self.terminated = False
-        self._cwd = os.getcwd()
         self.sel.register(in_fd, selectors.EVENT_READ, self._read_channel)
 
     # -- the loop -----------------------------------------------------------------
@@ -240,14 +239,15 @@ class Executor:
     def run(self) -> int:
         self.outbox.append(ExecutorReady(os.getpid()).to_wire())
         while True:
+            self._fire_timers()
             self._start_waiting()
-            self._flush()
+            self._flush()  # after the timers too: a timer may end an attempt
             if self.closed:
                 self._kill_all()
                 return 0
             if (self.retiring or self.terminated) and not self.running and not self.waiting:
                 return 0
-            delay = self._fire_timers()
+            delay = self._next_timer()
             for key, _ in self.sel.select(None if delay == math.inf else delay):
                 key.data()
 
@@ -255,16 +255,17 @@ class Executor:
         """Run ``action`` after ``delay`` seconds (from the loop)."""
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), action))
 
-    def _fire_timers(self) -> float:
-        """Run the timers that are due; return the delay until the next one."""
-        while self._timers:
-            when, _, action = self._timers[0]
-            left = when - time.monotonic()
-            if left > 0:
-                return left
-            heapq.heappop(self._timers)
+    def _fire_timers(self) -> None:
+        """Run the timers that are due."""
+        while self._timers and self._timers[0][0] <= time.monotonic():
+            _, _, action = heapq.heappop(self._timers)
             action()
-        return math.inf
+
+    def _next_timer(self) -> float:
+        """Seconds until the next timer (infinity when there is none)."""
+        if not self._timers:
+            return math.inf
+        return max(0.0, self._timers[0][0] - time.monotonic())
 
     def _flush(self) -> None:
         if not self.outbox or self.closed:
@@ -383,14 +384,11 @@ class Executor:
         self.at(run.timeout, lambda: self._on_timeout(attempt))
 
     def _spawn(self, run: RunJob, out_w: int, err_w: int, env: dict[str, str]) -> procs.JobHandle:
-        if run.cwd != self._cwd:
-            try:
-                os.chdir(run.cwd)
-            except OSError as exc:
-                raise _StartError(
-                    f"cannot enter working directory {run.cwd}: {exc.strerror}"
-                ) from None
-            self._cwd = run.cwd
+        # Every time, even for the same path: the directory may have been replaced.
+        try:
+            os.chdir(run.cwd)
+        except OSError as exc:
+            raise _StartError(f"cannot enter working directory {run.cwd}: {exc.strerror}") from None
         try:
             as_user = procs.identity_of(run.uid) if run.uid is not None else None
             return procs.spawn_job(run.command, out_w, err_w, env, as_user)
