@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import heapq
 import itertools
 import math
 import os
 import selectors
 import signal
+import struct
 import sys
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,10 +82,16 @@ class Capture:
         self.open = True
 
     def pump(self) -> bool:
-        """Move what the pipe holds into the file; False once the pipe reached EOF."""
+        """Move what the pipe holds into the file; False once the pipe reached EOF.
+
+        Call it when the pipe is readable. The file is made only when there are bytes
+        to keep: most short jobs print nothing, and making a file costs an inode.
+        """
+        if self.file is None:
+            if not _bytes_waiting(self.pipe):
+                return False  # readable with nothing in it: EOF
+            self.file = _private_file(self.tmp_dir)
         while True:
-            if self.file is None:
-                self.file = _private_file(self.tmp_dir)
             if self.total < self.head:
                 offset, room = self.total, self.head - self.total
             else:
@@ -156,6 +165,11 @@ class Capture:
         if self.file is not None:
             os.close(self.file)
             self.file = None
+
+
+def _bytes_waiting(pipe: int) -> int:
+    """How many bytes a pipe holds (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(pipe, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
 
 
 def _private_file(directory: str) -> int:
@@ -439,11 +453,9 @@ class Executor:
         self._exited(attempt)
 
     def _exited(self, attempt: Attempt) -> None:
-        # The shell is gone; end whatever it left running in its group.
+        # The shell is gone; end whatever it left running in its group. What is left in
+        # its pipes arrives as read events (EOF included).
         procs.signal_group(attempt.pid, signal.SIGKILL)
-        for capture in (attempt.out, attempt.err):
-            if capture.open:
-                self._on_output(attempt, capture)
         if attempt.done:
             self._finish(attempt)
         else:
