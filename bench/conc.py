@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from bench import peers, qc
-from bench.core import children_of, log, rss_kb, temp_dir, wait_for
+from bench.core import log, rss_kb, temp_dir, wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Arguments that mark one of queuectl's own processes (today ``python -m queuectld.worker``;
@@ -42,6 +42,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # a job whose command merely mentions them is not taken for one.
 QUEUE_MARKERS = (b"queuectld.worker", b"queuectld.executor")
 RAMP_TIMEOUT = 60.0
+POLL_S = 0.002  # pause between two counts of the running jobs (each count walks /proc)
 SETTLE = 1.0  # seconds between "all running" and the memory reading
 # The ramp stops early when the machine's available memory falls below this share.
 MIN_MEM_AVAILABLE = 0.15
@@ -68,6 +69,20 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     if raw is None:
         return None
     return raw[raw.rfind(b")") + 2 :].split()
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (every thread's list; cheaper than core.children_of)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tasks:
+        raw = _read(f"/proc/{pid}/task/{tid}/children")
+        if raw:
+            out += [int(p) for p in raw.split()]
+    return out
 
 
 def cpu_ticks(pid: int) -> int | None:
@@ -194,7 +209,7 @@ def ramp(
             if mem_available_share() < MIN_MEM_AVAILABLE:
                 stopped = f"stopped at {now:.1f} s: under {MIN_MEM_AVAILABLE:.0%} memory left"
                 break
-        time.sleep(0.002)
+        time.sleep(POLL_S)
     return {
         "ramp_s": now if stopped is None else None,
         "running": count,
@@ -231,7 +246,7 @@ class QueuectlTree:
         todo = [(self.daemon, cmdline(self.daemon))]
         while todo:
             pid, line = todo.pop()
-            for child in children_of(pid):
+            for child in children(pid):
                 child_line = self._is_queue(child, line)
                 if child_line is not None:
                     queue.append(child)
@@ -391,7 +406,7 @@ def _tsp_measure(
     clients = {p: cmdline(p) for p in processes if p != server}
 
     def running() -> int:
-        return sum(jobs.is_job(c, line) for p, line in clients.items() for c in children_of(p))
+        return sum(jobs.is_job(c, line) for p, line in clients.items() for c in children(p))
 
     def start() -> None:
         peers._quiet([exe, "-S", str(n)], env)
