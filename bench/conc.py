@@ -142,18 +142,13 @@ def cpu_percent(groups: dict[str, list[int]], window: float) -> dict[str, float]
 # -- job processes ------------------------------------------------------------------------
 
 
-class Jobs:
-    """Job processes seen so far (pid -> start time), and the cleanup that ends them."""
+class Tracked:
+    """Processes seen so far (pid -> start time), and the cleanup that ends them."""
 
     def __init__(self) -> None:
         self.seen: dict[int, int] = {}
 
-    def is_job(self, pid: int, parent_cmdline: bytes | None) -> bool:
-        if pid in self.seen:
-            return True
-        mine = cmdline(pid)
-        if not mine or mine == parent_cmdline:  # gone, a zombie, or not exec'd yet
-            return False
+    def add(self, pid: int) -> bool:
         started = start_time(pid)
         if started is None:
             return False
@@ -161,7 +156,7 @@ class Jobs:
         return True
 
     def alive(self) -> list[int]:
-        """Jobs seen that still exist (zombies, already dead, are not counted)."""
+        """Those seen that still exist (zombies, already dead, are not counted)."""
         out = []
         for pid, started in self.seen.items():
             f = _stat_fields(pid)
@@ -169,18 +164,33 @@ class Jobs:
                 out.append(pid)
         return out
 
-    def kill(self, timeout: float = 10.0) -> int:
-        """SIGKILL the process group of every job still there; how many were left."""
+    def kill(self, groups: bool, timeout: float = 10.0) -> int:
+        """SIGKILL each one still there (its process group if ``groups``); how many were."""
         left = self.alive()
         for pid in left:
             with contextlib.suppress(OSError):
                 pgid = os.getpgid(pid)
-                if pgid != os.getpgid(0):
+                if groups and pgid != os.getpgid(0):
                     os.killpg(pgid, signal.SIGKILL)
                 else:
                     os.kill(pid, signal.SIGKILL)
         wait_for(lambda: not self.alive(), timeout, interval=0.05)
         return len(left)
+
+
+class Jobs(Tracked):
+    """Job processes: children of the queue's processes that have called ``exec``."""
+
+    def is_job(self, pid: int, parent_cmdline: bytes | None) -> bool:
+        if pid in self.seen:
+            return True
+        mine = cmdline(pid)
+        if not mine or mine == parent_cmdline:  # gone, a zombie, or not exec'd yet
+            return False
+        return self.add(pid)
+
+    def kill_groups(self) -> int:
+        return self.kill(groups=True)
 
 
 def ramp(
@@ -228,6 +238,7 @@ class QueuectlTree:
         self.daemon = daemon_pid
         self.jobs = Jobs()
         self._queue: dict[int, bytes] = {}  # pid -> cmdline of a worker/executor seen
+        self.queue = Tracked()
 
     def _is_queue(self, pid: int, parent_cmdline: bytes | None) -> bytes | None:
         if pid in self._queue:
@@ -237,6 +248,7 @@ class QueuectlTree:
             return None
         if line and any(m in line.split(b"\0") for m in QUEUE_MARKERS):
             self._queue[pid] = line
+            self.queue.add(pid)
             return line
         return None
 
@@ -261,6 +273,7 @@ def queuectl_point(n: int, sleep_s: int, window: float, ramp_timeout: float) -> 
     # A short drain on shutdown: the running jobs are stopped after 1 s, not 30.
     settings = {"QUEUECTLD_DRAIN_TIMEOUT": "1", "QUEUECTLD_KILL_GRACE": "1"}
     tree: QueuectlTree | None = None
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         with qc.daemon(workers=0, env=settings) as d:
             tree = QueuectlTree(d.proc.pid)
@@ -271,7 +284,6 @@ def queuectl_point(n: int, sleep_s: int, window: float, ramp_timeout: float) -> 
                 if qc.counts(c)["pending"] != n:
                     raise RuntimeError("jobs were not all pending before the ramp")
             cmd = [str(qc.BIN / "queuectl"), "worker", "start", "--count", str(n)]
-            procs: list[subprocess.Popen[bytes]] = []
 
             def start() -> None:
                 procs.append(
@@ -301,10 +313,17 @@ def queuectl_point(n: int, sleep_s: int, window: float, ramp_timeout: float) -> 
             log(_line("queuectl", n, out))
             return out
     finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         if tree is not None:
-            left = tree.jobs.kill()
-            if left:
-                log(f"queuectl {n}: killed {left} job process(es) left after the shutdown")
+            jobs_left, queue_left = tree.jobs.kill_groups(), tree.queue.kill(groups=False)
+            if jobs_left or queue_left:
+                log(
+                    f"queuectl {n}: killed {jobs_left} job(s) and {queue_left} worker(s) "
+                    "left after the shutdown"
+                )
 
 
 # -- task-spooler -------------------------------------------------------------------------
@@ -432,7 +451,7 @@ def _tsp_measure(
 
 def _tsp_cleanup(exe: str, env: dict[str, str], jobs: Jobs, socket: str) -> None:
     """End the jobs (their groups), the server (``-K``) and any client left behind."""
-    jobs.kill()
+    jobs.kill_groups()
     subprocess.run([exe, "-K"], env=env, capture_output=True, timeout=30)
     left = _tsp_processes(exe, socket)
     for pid in left:
