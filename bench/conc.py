@@ -29,6 +29,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -42,7 +43,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # a job whose command merely mentions them is not taken for one.
 QUEUE_MARKERS = (b"queuectld.worker", b"queuectld.executor")
 RAMP_TIMEOUT = 60.0
-POLL_S = 0.002  # pause between two counts of the running jobs (each count walks /proc)
+POLL_S = 0.002  # least pause between two counts of the running jobs
 SETTLE = 1.0  # seconds between "all running" and the memory reading
 # The ramp stops early when the machine's available memory falls below this share.
 MIN_MEM_AVAILABLE = 0.15
@@ -196,7 +197,8 @@ class Jobs(Tracked):
 def ramp(
     start: Callable[[], None], running: Callable[[], int], n: int, timeout: float
 ) -> dict[str, Any]:
-    """Seconds from ``start()`` until ``running()`` reaches ``n`` (polled without pause).
+    """Seconds from ``start()`` until ``running()`` reaches ``n``, polled (``poll_ms``: the mean
+    interval between two counts, so the resolution of ``ramp_s``).
 
     Gives up after ``timeout`` s, or when available memory falls below
     ``MIN_MEM_AVAILABLE``; then ``ramp_s`` is None and ``running`` says how far it got.
@@ -206,9 +208,11 @@ def ramp(
     count, stopped, polls = 0, None, 0
     next_mem_check = 0.0
     while True:
+        before = time.perf_counter()
         count = running()
         polls += 1
         now = time.perf_counter() - t0
+        cost = time.perf_counter() - before
         if count >= n:
             break
         if now > timeout:
@@ -219,7 +223,9 @@ def ramp(
             if mem_available_share() < MIN_MEM_AVAILABLE:
                 stopped = f"stopped at {now:.1f} s: under {MIN_MEM_AVAILABLE:.0%} memory left"
                 break
-        time.sleep(POLL_S)
+        # A count walks /proc: pausing 3 times as long keeps the bench under a quarter of a
+        # CPU however many processes it walks (a ramp is often CPU-bound on 2 cores).
+        time.sleep(max(POLL_S, 3 * cost))
     return {
         "ramp_s": now if stopped is None else None,
         "running": count,
@@ -268,6 +274,49 @@ class QueuectlTree:
         return queue, jobs
 
 
+class _Command:
+    """A command started at the ramp's start, whose end is timed in the background."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.cmd, self.env = cmd, env
+        self.t0 = 0.0
+        self.ended: float | None = None
+        self.proc: subprocess.Popen[bytes]
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        threading.Thread(target=self._wait, daemon=True).start()
+
+    def _wait(self) -> None:
+        self.proc.wait()
+        self.ended = time.perf_counter()
+
+    def outcome(self, timeout: float) -> dict[str, Any]:
+        """How long it took and how it ended (it is killed if still running after ``timeout``)."""
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+            return {"start_cmd_s": None, "start_error": f"{self.cmd[1:]} still running: killed"}
+        ended = self.ended or time.perf_counter()
+        error = None
+        if self.proc.returncode != 0:
+            last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+            error = (
+                f"`{' '.join(['queuectl', *self.cmd[1:]])}` exited with "
+                f"{self.proc.returncode} after {ended - self.t0:.1f} s: {last[:200]}"
+            )
+        return {"start_cmd_s": ended - self.t0, "start_error": error}
+
+
 def queuectl_point(n: int, sleep_s: int, window: float, ramp_timeout: float) -> dict[str, Any]:
     """One concurrency point of queuectl (see the module's docstring)."""
     # A short drain on shutdown: the running jobs are stopped after 1 s, not 30.
@@ -284,23 +333,10 @@ def queuectl_point(n: int, sleep_s: int, window: float, ramp_timeout: float) -> 
                 if qc.counts(c)["pending"] != n:
                     raise RuntimeError("jobs were not all pending before the ramp")
             cmd = [str(qc.BIN / "queuectl"), "worker", "start", "--count", str(n)]
-
-            def start() -> None:
-                procs.append(
-                    subprocess.Popen(
-                        cmd,
-                        env=d.env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                    )
-                )
-
+            cli = _Command(cmd, d.env)
             t = tree
-            out = ramp(start, lambda: t.scan()[1], n, ramp_timeout)
-            _, err = procs[0].communicate(timeout=60)
-            if procs[0].returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd[1:])} failed: {err.decode()[-300:]}")
+            out = ramp(cli.start, lambda: t.scan()[1], n, ramp_timeout)
+            procs.append(cli.proc)
             time.sleep(SETTLE)
             queue, running = tree.scan()
             out["running_measured"] = running
@@ -310,7 +346,10 @@ def queuectl_point(n: int, sleep_s: int, window: float, ramp_timeout: float) -> 
             cpu = cpu_percent({"all": queue, "daemon": [d.proc.pid]}, window)
             out["cpu_pct"], out["cpu_daemon_pct"] = cpu["all"], cpu["daemon"]
             out["jobs_seen"] = len(tree.jobs.seen)
+            out.update(cli.outcome(timeout=max(1.0, ramp_timeout - (time.perf_counter() - cli.t0))))
             log(_line("queuectl", n, out))
+            if out["start_error"]:
+                log(f"queuectl {n}: {out['start_error']}")
             return out
     finally:
         for p in procs:

@@ -269,7 +269,13 @@ def concurrency_section(
     sleep_s = conc.sleep_seconds(plan.ramp_timeout)
     keys = ("pss_mb", "rss_mb", "ramp_s", "cpu_pct", "processes", "running", "poll_ms")
     extra = {
-        "queuectl": ("daemon_pss_mb", "daemon_rss_mb", "cpu_daemon_pct", "executors"),
+        "queuectl": (
+            "daemon_pss_mb",
+            "daemon_rss_mb",
+            "cpu_daemon_pct",
+            "executors",
+            "start_cmd_s",
+        ),
         "task-spooler": ("server_pss_mb", "server_rss_mb", "cpu_server_pct", "jobs"),
     }
     runners: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -290,6 +296,8 @@ def concurrency_section(
                     errors.append(
                         f"{name} {n} concurrent: {res['stopped']}, {res['running']} running"
                     )
+                if res and res.get("start_error"):
+                    errors.append(f"{name} {n} concurrent: {res['start_error']}")
     points: dict[str, Any] = {}
     for n in plan.conc:
         points[str(n)] = {}
@@ -302,6 +310,7 @@ def concurrency_section(
             node["rounds"] = len(rounds)
             node["incomplete"] = sum(1 for x in rounds if x and x.get("stopped"))
             node["stopped"] = [x["stopped"] for x in rounds if x and x.get("stopped")]
+            node["start_errors"] = [x["start_error"] for x in rounds if x and x.get("start_error")]
             points[str(n)][name] = node
     return {
         "points": points,
