@@ -179,6 +179,40 @@ class Tracked:
         return len(left)
 
 
+def sweep(tag: str, grace: float = 2.0, timeout: float = 10.0) -> int:
+    """SIGKILL (by process group) every process whose environment holds ``tag`` exactly,
+    once they had ``grace`` seconds to end by themselves; returns how many were killed.
+
+    The last cleanup of a point: jobs inherit the queue's environment (``QUEUECTL_HOME``
+    of the point's fresh home, task-spooler's ``TS_SOCKET``), so this finds any process of
+    the point that the benchmark never saw, e.g. a job started while it was shutting down.
+    """
+    want = tag.encode()
+
+    def matching() -> list[int]:
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                env = _read(f"/proc/{entry}/environ")
+                f = _stat_fields(int(entry)) if env and want in env.split(b"\0") else None
+                if f and f[0] not in (b"Z", b"X"):
+                    out.append(int(entry))
+        return out
+
+    wait_for(lambda: not matching(), grace, interval=0.05)
+    found = matching()
+    for pid in found:
+        with contextlib.suppress(OSError):
+            pgid = os.getpgid(pid)
+            if pgid != os.getpgid(0):
+                os.killpg(pgid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    if found:
+        wait_for(lambda: not matching(), timeout, interval=0.05)
+    return len(found)
+
+
 class Jobs(Tracked):
     """Job processes: children of the queue's processes that have called ``exec``."""
 
@@ -237,41 +271,63 @@ def ramp(
 # -- queuectl -------------------------------------------------------------------------------
 
 
+JOB_ENV = b"QUEUECTL_JOB_ID="  # every job inherits it (docs/guarantees.md)
+
+
 class QueuectlTree:
-    """The daemon, the queue processes under it and the jobs they run."""
+    """The daemon, the queue processes under it and the jobs they run.
+
+    Walking down from the daemon, a child is
+
+    - a job if its environment has ``QUEUECTL_JOB_ID`` (set for the job's ``exec``, so a
+      child on its way there is not one yet); the walk stops there;
+    - a queue process if its arguments include ``queuectld.worker`` or
+      ``queuectld.executor``, or if they are its parent's (forked and not exec'd: a job
+      about to start, or an executor forked without ``exec``); the walk goes on below;
+    - anything else is *other*: reported apart (count and memory), walked below too, so
+      that a helper process the engine may grow shows up rather than hides jobs.
+    """
 
     def __init__(self, daemon_pid: int) -> None:
         self.daemon = daemon_pid
         self.jobs = Jobs()
-        self._queue: dict[int, bytes] = {}  # pid -> cmdline of a worker/executor seen
-        self.queue = Tracked()
+        self.queue = Tracked()  # every queue (and other) process seen, for the cleanup
+        self._marked: dict[int, bytes] = {}  # worker/executor pid -> its arguments
 
-    def _is_queue(self, pid: int, parent_cmdline: bytes | None) -> bytes | None:
-        if pid in self._queue:
-            return self._queue[pid]
+    def _kind(self, pid: int, parent_cmdline: bytes | None) -> tuple[str, bytes | None]:
+        if pid in self.jobs.seen:
+            return "job", None
+        if pid in self._marked:
+            return "queue", self._marked[pid]
         line = cmdline(pid)
-        if line == parent_cmdline:  # forked, not exec'd yet: it has its parent's arguments
-            return None
-        if line and any(m in line.split(b"\0") for m in QUEUE_MARKERS):
-            self._queue[pid] = line
-            self.queue.add(pid)
-            return line
-        return None
+        if not line:
+            return "gone", None  # exited (a zombie) or in the middle of exec
+        env = _read(f"/proc/{pid}/environ") or b""
+        if env.startswith(JOB_ENV) or b"\0" + JOB_ENV in env:
+            self.jobs.add(pid)
+            return "job", None
+        self.queue.add(pid)
+        if line == parent_cmdline:  # not exec'd yet: decided again at the next count
+            return "queue", line
+        if any(m in line.split(b"\0") for m in QUEUE_MARKERS):
+            self._marked[pid] = line
+            return "queue", line
+        return "other", line
 
-    def scan(self) -> tuple[list[int], int]:
-        """(queue processes, running jobs): a walk from the daemon through queue processes."""
-        queue, jobs = [self.daemon], 0
+    def scan(self) -> tuple[list[int], int, list[int]]:
+        """(queue processes, running jobs, other processes) under the daemon."""
+        queue, jobs, other = [self.daemon], 0, list[int]()
         todo = [(self.daemon, cmdline(self.daemon))]
         while todo:
             pid, line = todo.pop()
             for child in children(pid):
-                child_line = self._is_queue(child, line)
-                if child_line is not None:
-                    queue.append(child)
-                    todo.append((child, child_line))
-                elif self.jobs.is_job(child, line):
+                kind, child_line = self._kind(child, line)
+                if kind == "job":
                     jobs += 1
-        return queue, jobs
+                elif kind in ("queue", "other"):
+                    (queue if kind == "queue" else other).append(child)
+                    todo.append((child, child_line))
+        return queue, jobs, other
 
 
 class _Command:
@@ -293,6 +349,12 @@ class _Command:
             stderr=subprocess.PIPE,
         )
         threading.Thread(target=self._wait, daemon=True).start()
+
+    def kill(self) -> None:
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     def _wait(self) -> None:
         self.proc.wait()
@@ -322,9 +384,11 @@ def queuectl_point(n: int, sleep_s: int, window: float, ramp_timeout: float) -> 
     # A short drain on shutdown: the running jobs are stopped after 1 s, not 30.
     settings = {"QUEUECTLD_DRAIN_TIMEOUT": "1", "QUEUECTLD_KILL_GRACE": "1"}
     tree: QueuectlTree | None = None
-    procs: list[subprocess.Popen[bytes]] = []
+    cli: _Command | None = None
+    home = None
     try:
         with qc.daemon(workers=0, env=settings) as d:
+            home = d.home
             tree = QueuectlTree(d.proc.pid)
             spec = {"command": f"sleep {sleep_s}", "timeout": sleep_s + 60}
             with d.client() as c:
@@ -336,11 +400,20 @@ def queuectl_point(n: int, sleep_s: int, window: float, ramp_timeout: float) -> 
             cli = _Command(cmd, d.env)
             t = tree
             out = ramp(cli.start, lambda: t.scan()[1], n, ramp_timeout)
-            procs.append(cli.proc)
             time.sleep(SETTLE)
-            queue, running = tree.scan()
+            queue, running, other = tree.scan()
             out["running_measured"] = running
             out.update(memory(queue))
+            if other:  # neither a job nor a known queue process: say so, with its size
+                sizes = memory(other)
+                out["other"] = {k: sizes[k] for k in ("processes", "rss_mb", "pss_mb")}
+                out["other"]["cmdlines"] = sorted(
+                    {
+                        (cmdline(p) or b"").replace(b"\0", b" ").decode(errors="replace")[:80]
+                        for p in other
+                    }
+                )[:5]
+                log(f"queuectl {n}: {len(other)} process(es) neither job nor queue: {out['other']}")
             out["daemon_rss_mb"], out["daemon_pss_mb"] = (x / 1024 for x in rss_kb(d.proc.pid))
             out["executors"] = len(queue) - 1
             cpu = cpu_percent({"all": queue, "daemon": [d.proc.pid]}, window)
@@ -352,16 +425,15 @@ def queuectl_point(n: int, sleep_s: int, window: float, ramp_timeout: float) -> 
                 log(f"queuectl {n}: {out['start_error']}")
             return out
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        if cli is not None:
+            cli.kill()
         if tree is not None:
             jobs_left, queue_left = tree.jobs.kill_groups(), tree.queue.kill(groups=False)
-            if jobs_left or queue_left:
+            unseen = sweep(f"QUEUECTL_HOME={home}") if home else 0
+            if jobs_left or queue_left or unseen:
                 log(
-                    f"queuectl {n}: killed {jobs_left} job(s) and {queue_left} worker(s) "
-                    "left after the shutdown"
+                    f"queuectl {n}: killed {jobs_left} job(s), {queue_left} worker(s) and "
+                    f"{unseen} other process(es) left after the shutdown"
                 )
 
 
@@ -489,15 +561,17 @@ def _tsp_measure(
 
 
 def _tsp_cleanup(exe: str, env: dict[str, str], jobs: Jobs, socket: str) -> None:
-    """End the jobs (their groups), the server (``-K``) and any client left behind."""
+    """End the jobs (their groups), the server (``-K``), then anything with our TS_SOCKET.
+
+    ``tsp -K`` ends the server and the clients of queued jobs, not running jobs; and a
+    job may start between the last count and the end (the blocker is released on the way
+    out): every process that inherited this queue's ``TS_SOCKET`` goes, job or client.
+    """
     jobs.kill_groups()
     subprocess.run([exe, "-K"], env=env, capture_output=True, timeout=30)
-    left = _tsp_processes(exe, socket)
-    for pid in left:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+    left = sweep(f"TS_SOCKET={socket}")
     if left:
-        wait_for(lambda: not _tsp_processes(exe, socket), 10.0, interval=0.05)
+        log(f"task-spooler: killed {left} process(es) left after tsp -K")
 
 
 def _line(name: str, n: int, r: dict[str, Any]) -> str:
