@@ -533,10 +533,17 @@ def _tsp_measure(
         queued += 1
     processes = _tsp_processes(exe, socket)
     server = _tsp_server(processes, socket)
-    clients = {p: cmdline(p) for p in processes if p != server}
+    # Only the blocker runs yet: its client is the one with a child, and is left out.
+    wait_for(lambda: any(children(p) for p in processes if p != server), 5.0)
+    clients = {p: cmdline(p) for p in processes if p != server and not children(p)}
+
+    started: set[int] = set()  # clients whose job is running: a client runs one job
 
     def running() -> int:
-        return sum(jobs.is_job(c, line) for p, line in clients.items() for c in children(p))
+        for p, line in clients.items():
+            if p not in started and any(jobs.is_job(c, line) for c in children(p)):
+                started.add(p)
+        return len(started)
 
     def start() -> None:
         peers._quiet([exe, "-S", str(n)], env)

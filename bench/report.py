@@ -106,9 +106,11 @@ def table(res: dict[str, Any]) -> str:
 def run_notes(res: dict[str, Any], rounds: Any) -> list[str]:
     """The run a table comes from: when, where, what with, and what went wrong."""
     mach = res.get("machine", {})
+    measured = [k for k in (*MAIN_SECTIONS, "concurrency") if res.get(k)]
+    only = "" if len(measured) > 2 else f", {', '.join(measured)} only"
     notes = [
         "",
-        f"Run {res.get('started')} ({res.get('mode')}, {rounds} rounds; "
+        f"Run {res.get('started')} ({res.get('mode')}{only}, {rounds} rounds; "
         f"{res.get('seconds')} s) on {mach.get('cpus')} CPUs ({mach.get('cpu_model', '?')}), "
         f"Linux {mach.get('kernel')}, Python {mach.get('python')}, temporary files on "
         f"{mach.get('tmp_fs', '?')}; load average at start {mach.get('loadavg_at_start')}. "
