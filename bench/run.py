@@ -370,8 +370,17 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="under a minute, for tracking")
-    ap.add_argument("--reps", type=int, help="rounds per measurement (default 5; quick 3)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a shorter run for tracking; the last line is one JSON object",
+    )
+    ap.add_argument(
+        "--reps",
+        type=int,
+        help="rounds per measurement (default 5, the slow sections and concurrency 3; quick 3, "
+        "concurrency 1)",
+    )
     ap.add_argument("--no-install", action="store_true", help="use only the peers installed")
     ap.add_argument("--no-report", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument(
@@ -380,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         default="drain,batch,cli,pickup,claim,rss,scale,concurrency",
-        help="comma-separated sections to run",
+        help="comma-separated sections to run (default: all of %(default)s)",
     )
     ap.add_argument(
         "--conc",
