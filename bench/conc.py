@@ -122,21 +122,30 @@ def memory(pids: Iterable[int]) -> dict[str, Any]:
 def cpu_percent(groups: dict[str, list[int]], window: float) -> dict[str, float]:
     """CPU of each group of processes over ``window`` s, in % of one CPU.
 
-    Only processes present at both ends of the window count (the set is meant to be
-    stable while the jobs run).
+    Every process is read once at each end, for all groups alike, and the time between
+    the two readings is taken from the middle of one pass over ``/proc`` to the middle of
+    the other. Only processes present at both ends count (the set is meant to be stable
+    while the jobs run).
     """
-    before = {name: {p: cpu_ticks(p) for p in pids} for name, pids in groups.items()}
-    t0 = time.perf_counter()
+    pids = sorted({p for members in groups.values() for p in members})
+
+    def one_pass() -> tuple[dict[int, int | None], float]:
+        t0 = time.perf_counter()
+        ticks = {p: cpu_ticks(p) for p in pids}
+        return ticks, (t0 + time.perf_counter()) / 2
+
+    before, t_before = one_pass()
     time.sleep(window)
-    elapsed = time.perf_counter() - t0
+    after, t_after = one_pass()
+    elapsed = t_after - t_before
     out: dict[str, float] = {}
-    for name, pids in groups.items():
-        ticks = 0
-        for p in pids:
-            a, b = before[name][p], cpu_ticks(p)
+    for name, members in groups.items():
+        used = 0
+        for p in members:
+            a, b = before[p], after[p]
             if a is not None and b is not None:
-                ticks += b - a
-        out[name] = 100.0 * ticks / CLK_TCK / elapsed
+                used += b - a
+        out[name] = 100.0 * used / CLK_TCK / elapsed
     return out
 
 
