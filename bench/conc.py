@@ -563,7 +563,11 @@ def _tsp_measure(
     if queued < n:
         out["refused_after"] = queued
     time.sleep(SETTLE)
-    out["running_measured"] = running()
+    out["running_measured"] = sum(  # counted afresh: jobs still there, not jobs seen
+        1
+        for p, line in clients.items()
+        if any(cmdline(c) not in (None, b"", line) for c in children(p))
+    )
     own = [p for p in processes if start_time(p) is not None]  # the blocker's client has left
     out.update(memory(own))
     if server is not None:
