@@ -7,6 +7,11 @@ interleaved (queuectl, peer, queuectl, peer, ...) so that drift on a shared
 machine cancels out, saves the figures as JSON under ``bench/results/`` and
 rewrites the table and chart of ``docs/benchmarks.md``.
 
-``python -m bench --quick`` is the under-a-minute version for tracking: it uses
-the peers already installed and prints one JSON object as its last line.
+``python -m bench --quick`` is the short version for tracking: it uses the peers
+already installed and prints one JSON object as its last line.
+
+The concurrency section (:mod:`bench.conc`) runs N jobs of ``sleep`` at once in
+queuectl and in task-spooler (``-S N``) and measures the queue's own memory, the time
+until all N run and its CPU while they do; ``--only concurrency --conc 10,100`` runs
+just that, for those N.
 """

@@ -27,10 +27,11 @@ BIN = Path(sys.executable).parent
 class Daemon:
     """``queuectld --home DIR`` in the foreground, logging to DIR/queuectld.log."""
 
-    def __init__(self, home: Path, workers: int = 0) -> None:
+    def __init__(self, home: Path, workers: int = 0, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.socket = str(home / "queuectld.sock")
         self.env = {**os.environ, "QUEUECTL_HOME": str(home), "QUEUECTL_NO_AUTOSTART": "1"}
+        self.env.update(env or {})
         self.env.pop("QUEUECTL_SOCKET", None)
         self._log = open(home / "queuectld.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -80,9 +81,10 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def daemon(workers: int = 0) -> Iterator[Daemon]:
+def daemon(workers: int = 0, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """A daemon on a fresh home; ``env`` adds variables (``QUEUECTLD_<KEY>`` settings)."""
     with temp_dir("queuectl") as home:
-        d = Daemon(home, workers)
+        d = Daemon(home, workers, env)
         try:
             yield d
         finally:

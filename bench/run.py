@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, peers, qc
+from bench import ceiling, conc, peers, qc
 from bench.core import RESULTS, cleanup, log, machine, ratio_samples, run_dir, summary
 
 PEERS = ("task-spooler", "nq", "huey")
@@ -28,7 +29,13 @@ PEERS = ("task-spooler", "nq", "huey")
 class Plan:
     """Sizes and repetitions of one run."""
 
-    def __init__(self, quick: bool, reps: int | None) -> None:
+    def __init__(
+        self,
+        quick: bool,
+        reps: int | None,
+        conc_points: tuple[int, ...] | None = None,
+        ramp_timeout: float = conc.RAMP_TIMEOUT,
+    ) -> None:
         self.quick = quick
         self.reps = reps or (3 if quick else 5)
         # The long sections (200 CLI processes per system, a 10,000-job drain) get 3 rounds.
@@ -41,6 +48,11 @@ class Plan:
         self.pickup_samples = 30 if quick else 100
         self.claim_big = 1_000_000
         self.scale = (1_000, 10_000)
+        # Jobs running at once; the quick run measures only the 1,000 point, once.
+        self.conc = conc_points or ((1_000,) if quick else (10, 100, 1_000))
+        self.conc_reps = reps or (1 if quick else self.slow_reps)
+        self.ramp_timeout = ramp_timeout
+        self.cpu_window = 2.0 if quick else 3.0
 
 
 def _try(errors: list[str], what: str, fn: Callable[[], Any]) -> Any:
@@ -173,8 +185,8 @@ def cli_section(plan: Plan, available: dict[str, bool], errors: list[str]) -> di
 
 def pickup_section(plan: Plan, available: dict[str, bool], errors: list[str]) -> dict[str, Any]:
     names = ["queuectl"]
-    if not plan.quick:
-        names += [p for p in PEERS if available[p]]
+    # The quick run times task-spooler too (its p50 is in the headline); the full run every peer.
+    names += [p for p in PEERS if available[p] and not (plan.quick and p != "task-spooler")]
     p50: dict[str, list[float | None]] = {k: [] for k in names}
     p95: dict[str, list[float | None]] = {k: [] for k in names}
     n = plan.pickup_samples
@@ -250,6 +262,74 @@ def scale_section(plan: Plan, errors: list[str]) -> dict[str, Any]:
     }
 
 
+def concurrency_section(
+    plan: Plan, available: dict[str, bool], errors: list[str]
+) -> dict[str, Any]:
+    """N jobs of ``sleep`` at once: queuectl and task-spooler ``-S N``, point by point."""
+    sleep_s = conc.sleep_seconds(plan.ramp_timeout)
+    keys = ("pss_mb", "rss_mb", "ramp_s", "cpu_pct", "processes", "running", "poll_ms")
+    extra = {
+        "queuectl": (
+            "daemon_pss_mb",
+            "daemon_rss_mb",
+            "cpu_daemon_pct",
+            "executors",
+            "start_cmd_s",
+        ),
+        "task-spooler": ("server_pss_mb", "server_rss_mb", "cpu_server_pct", "jobs"),
+    }
+    runners: dict[str, Callable[[int], dict[str, Any]]] = {
+        "queuectl": lambda n: conc.queuectl_point(n, sleep_s, plan.cpu_window, plan.ramp_timeout),
+        "task-spooler": lambda n: conc.tsp_point(n, sleep_s, plan.cpu_window, plan.ramp_timeout),
+    }
+    names = ["queuectl"] + (["task-spooler"] if available["task-spooler"] else [])
+    raw: dict[int, dict[str, list[dict[str, Any] | None]]] = {
+        n: {name: [] for name in names} for n in plan.conc
+    }
+    for r in range(plan.conc_reps):
+        for n in plan.conc:
+            log(f"concurrency round {r + 1}/{plan.conc_reps}: {n:,} jobs at once")
+            for name in names:
+                res = _try(errors, f"{name} {n} concurrent", functools.partial(runners[name], n))
+                raw[n][name].append(res)
+                if res and res.get("stopped"):
+                    errors.append(
+                        f"{name} {n} concurrent: {res['stopped']}, {res['running']} running"
+                    )
+                if res and res.get("start_error"):
+                    errors.append(f"{name} {n} concurrent: {res['start_error']}")
+    points: dict[str, Any] = {}
+    for n in plan.conc:
+        points[str(n)] = {}
+        for name in names:
+            rounds = raw[n][name]
+            node: dict[str, Any] = {
+                k: summary([x.get(k) if x else None for x in rounds], 3 if k == "ramp_s" else 1)
+                for k in (*keys, *extra[name])
+            }
+            node["rounds"] = len(rounds)
+            node["incomplete"] = sum(1 for x in rounds if x and x.get("stopped"))
+            node["stopped"] = [x["stopped"] for x in rounds if x and x.get("stopped")]
+            node["start_errors"] = [x["start_error"] for x in rounds if x and x.get("start_error")]
+            points[str(n)][name] = node
+    return {
+        "points": points,
+        "sleep_s": sleep_s,
+        "ramp_timeout_s": plan.ramp_timeout,
+        "cpu_window_s": plan.cpu_window,
+        "settle_s": conc.SETTLE,
+        "tsp_max_jobs": max(
+            (
+                x["jobs"]
+                for n in plan.conc
+                for x in raw[n].get("task-spooler", [])
+                if x and "refused_after" in x
+            ),
+            default=None,
+        ),
+    }
+
+
 def headline(res: dict[str, Any]) -> dict[str, Any]:
     """The quick mode's one-line JSON (medians; null where not measured)."""
 
@@ -280,13 +360,27 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     }
     for p in PEERS:
         out[f"{p.replace('-', '_')}_drain_jobs_per_s"] = med("drain", p)
+    out["tsp_drain_jobs_per_s"] = med("drain", "task-spooler")
+    out["tsp_pickup_p50_ms"] = med("pickup", "p50_ms", "task-spooler")
+    out["conc1000_pss_mb"] = med("concurrency", "points", "1000", "queuectl", "pss_mb")
+    out["conc1000_ramp_s"] = med("concurrency", "points", "1000", "queuectl", "ramp_s")
+    out["conc1000_running"] = med("concurrency", "points", "1000", "queuectl", "running")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="under a minute, for tracking")
-    ap.add_argument("--reps", type=int, help="rounds per measurement (default 5; quick 3)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a shorter run for tracking; the last line is one JSON object",
+    )
+    ap.add_argument(
+        "--reps",
+        type=int,
+        help="rounds per measurement (default 5, the slow sections and concurrency 3; quick 3, "
+        "concurrency 1)",
+    )
     ap.add_argument("--no-install", action="store_true", help="use only the peers installed")
     ap.add_argument("--no-report", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument(
@@ -294,8 +388,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--only",
-        default="drain,batch,cli,pickup,claim,rss,scale",
-        help="comma-separated sections to run",
+        default="drain,batch,cli,pickup,claim,rss,scale,concurrency",
+        help="comma-separated sections to run (default: all of %(default)s)",
+    )
+    ap.add_argument(
+        "--conc",
+        metavar="N,N,...",
+        help="jobs at once for the concurrency section (default 10,100,1000; quick 1000)",
+    )
+    ap.add_argument(
+        "--ramp-timeout",
+        type=float,
+        default=conc.RAMP_TIMEOUT,
+        help="seconds to wait for N jobs to be running before reporting how many were "
+        "(default %(default)g)",
     )
     args = ap.parse_args(argv)
     if args.report:
@@ -303,8 +409,14 @@ def main(argv: list[str] | None = None) -> int:
 
         report.write(json.loads(Path(args.report).read_text()), Path(args.report))
         return 0
-    plan = Plan(args.quick, args.reps)
-    sections = set(args.only.split(","))
+    try:
+        points = tuple(int(x) for x in args.conc.split(",")) if args.conc else None
+    except ValueError:
+        ap.error("--conc takes job counts separated by commas, e.g. 10,100")
+    if points and any(not 1 <= x <= 1024 for x in points):
+        ap.error("--conc: each count must be 1 to 1024 (queuectl's worker limit)")
+    plan = Plan(args.quick, args.reps, points, args.ramp_timeout)
+    sections = {"concurrency" if x == "conc" else x for x in args.only.split(",")}
     if plan.quick:
         sections -= {"claim", "scale"}
     started = time.time()
@@ -334,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             res["scale"] = scale_section(plan, errors)
         if "claim" in sections:
             res["claim"] = claim_section(plan, errors)
+        if "concurrency" in sections:
+            res["concurrency"] = concurrency_section(plan, available, errors)
     finally:
         cleanup()
     res["errors"] = errors

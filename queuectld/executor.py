@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import heapq
 import itertools
 import math
 import os
 import selectors
 import signal
+import struct
 import sys
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,10 +82,16 @@ class Capture:
         self.open = True
 
     def pump(self) -> bool:
-        """Move what the pipe holds into the file; False once the pipe reached EOF."""
+        """Move what the pipe holds into the file; False once the pipe reached EOF.
+
+        Call it when the pipe is readable. The file is made only when there are bytes
+        to keep: most short jobs print nothing, and making a file costs an inode.
+        """
+        if self.file is None:
+            if not _bytes_waiting(self.pipe):
+                return False  # readable with nothing in it: EOF
+            self.file = _private_file(self.tmp_dir)
         while True:
-            if self.file is None:
-                self.file = _private_file(self.tmp_dir)
             if self.total < self.head:
                 offset, room = self.total, self.head - self.total
             else:
@@ -156,6 +165,11 @@ class Capture:
         if self.file is not None:
             os.close(self.file)
             self.file = None
+
+
+def _bytes_waiting(pipe: int) -> int:
+    """How many bytes a pipe holds (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(pipe, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
 
 
 def _private_file(directory: str) -> int:
@@ -232,7 +246,6 @@ class Executor:
         self.retiring = False
         self.closed = False  # the daemon is gone
         self.terminated = False
-        self._cwd = os.getcwd()
         self.sel.register(in_fd, selectors.EVENT_READ, self._read_channel)
 
     # -- the loop -----------------------------------------------------------------
@@ -240,14 +253,15 @@ class Executor:
     def run(self) -> int:
         self.outbox.append(ExecutorReady(os.getpid()).to_wire())
         while True:
+            self._fire_timers()
             self._start_waiting()
-            self._flush()
+            self._flush()  # after the timers too: a timer may end an attempt
             if self.closed:
                 self._kill_all()
                 return 0
             if (self.retiring or self.terminated) and not self.running and not self.waiting:
                 return 0
-            delay = self._fire_timers()
+            delay = self._next_timer()
             for key, _ in self.sel.select(None if delay == math.inf else delay):
                 key.data()
 
@@ -255,16 +269,17 @@ class Executor:
         """Run ``action`` after ``delay`` seconds (from the loop)."""
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), action))
 
-    def _fire_timers(self) -> float:
-        """Run the timers that are due; return the delay until the next one."""
-        while self._timers:
-            when, _, action = self._timers[0]
-            left = when - time.monotonic()
-            if left > 0:
-                return left
-            heapq.heappop(self._timers)
+    def _fire_timers(self) -> None:
+        """Run the timers that are due."""
+        while self._timers and self._timers[0][0] <= time.monotonic():
+            _, _, action = heapq.heappop(self._timers)
             action()
-        return math.inf
+
+    def _next_timer(self) -> float:
+        """Seconds until the next timer (infinity when there is none)."""
+        if not self._timers:
+            return math.inf
+        return max(0.0, self._timers[0][0] - time.monotonic())
 
     def _flush(self) -> None:
         if not self.outbox or self.closed:
@@ -383,14 +398,11 @@ class Executor:
         self.at(run.timeout, lambda: self._on_timeout(attempt))
 
     def _spawn(self, run: RunJob, out_w: int, err_w: int, env: dict[str, str]) -> procs.JobHandle:
-        if run.cwd != self._cwd:
-            try:
-                os.chdir(run.cwd)
-            except OSError as exc:
-                raise _StartError(
-                    f"cannot enter working directory {run.cwd}: {exc.strerror}"
-                ) from None
-            self._cwd = run.cwd
+        # Every time, even for the same path: the directory may have been replaced.
+        try:
+            os.chdir(run.cwd)
+        except OSError as exc:
+            raise _StartError(f"cannot enter working directory {run.cwd}: {exc.strerror}") from None
         try:
             as_user = procs.identity_of(run.uid) if run.uid is not None else None
             return procs.spawn_job(run.command, out_w, err_w, env, as_user)
@@ -441,11 +453,9 @@ class Executor:
         self._exited(attempt)
 
     def _exited(self, attempt: Attempt) -> None:
-        # The shell is gone; end whatever it left running in its group.
+        # The shell is gone; end whatever it left running in its group. What is left in
+        # its pipes arrives as read events (EOF included).
         procs.signal_group(attempt.pid, signal.SIGKILL)
-        for capture in (attempt.out, attempt.err):
-            if capture.open:
-                self._on_output(attempt, capture)
         if attempt.done:
             self._finish(attempt)
         else:

@@ -72,11 +72,15 @@ def test_worker_count_is_kept_across_restarts(daemon: QueueDaemon) -> None:
 
 
 def test_worker_stop_lets_the_running_job_finish(daemon: QueueDaemon, tmp_path: Path) -> None:
-    started, done = tmp_path / "started", tmp_path / "done"
-    daemon.cli("enqueue", "--id", "long", "--", f"touch {started}; sleep 1.5; touch {done}")
+    started, done, release = tmp_path / "started", tmp_path / "done", tmp_path / "release"
+    # The job runs until the test releases it (bounded), so it is surely still running
+    # when `worker stop` answers, however slow the machine.
+    wait = f"i=0; while [ ! -e {release} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"
+    daemon.cli("enqueue", "--id", "long", "--", f"touch {started}; {wait}; touch {done}")
     daemon.cli("worker", "start", "--count", "1")
     wait_for(started.exists, what="the job to start")
     out = daemon.cli("worker", "stop")
+    release.touch()
     assert out.strip() == "workers stopping: 1 finishing their current job"
     # No new claims while (and after) the running job finishes.
     daemon.cli("enqueue", "--id", "next", "--", "true")
