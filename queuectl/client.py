@@ -7,7 +7,11 @@
 ``Client.connect()`` finds the socket (flag, ``$QUEUECTL_SOCKET``, the per-user
 ``~/.queuectl/queuectld.sock``, then the system ``/run/queuectl/queuectld.sock``)
 and, for the per-user socket, starts a daemon in the background when none answers,
-as task-spooler does. ``QUEUECTL_NO_AUTOSTART=1`` turns that off.
+as task-spooler does (commands racing to do so take turns on a lock in the home,
+and the later ones use the daemon the first started). ``QUEUECTL_NO_AUTOSTART=1``
+turns that off. A draining daemon refuses new work with
+:class:`~queuectl.errors.ShuttingDown`; an autostarting client then waits for it to
+exit, starts a new one and asks again.
 """
 
 from __future__ import annotations
