@@ -48,7 +48,7 @@ log = structlog.get_logger("queuectld.dispatcher")
 # Claim ahead about this much work (by the recent average run time), at most
 # PREFETCH_MAX_PER_SLOT jobs a slot and PREFETCH_MAX in all; longer jobs never are.
 PREFETCH_HORIZON_S = 0.05
-PREFETCH_MAX_PER_SLOT = 8
+PREFETCH_MAX_PER_SLOT = 64
 PREFETCH_MAX = 1024
 # A job claimed ahead that has not reached an executor after this long is given back.
 READY_MAX_AGE_S = 1.0
@@ -227,7 +227,7 @@ class Dispatcher:
             return bool(self.recorder.pending or self._ready)
         if sup.free_slots():
             return True  # a slot waits for a job (the ready list is empty)
-        low_water = min(self._target(), 2 * sup.busy)
+        low_water = self._target() // 2
         return self._more_due and len(self._ready) < low_water
 
     def _target(self) -> int:
