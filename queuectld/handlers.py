@@ -211,6 +211,9 @@ async def shutdown(d: Daemon, args: NoArgs) -> dict[str, Any]:
     return {"stopping": True}
 
 
+FINISHED_EVENTS = frozenset({"completed", "failed", "dead", "pending"})
+
+
 async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
     """Job events as they happen; with ``until_idle``, end once nothing is left to run."""
     queue = d.events.subscribe()
@@ -223,29 +226,33 @@ async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
     def visible(event: dict[str, Any]) -> bool:
         return owner is None or event.get("owner_uid") == owner
 
+    def queued() -> list[dict[str, Any] | None]:
+        out = []
+        while not queue.empty():
+            out.append(queue.get_nowait())
+        return out
+
     try:
         if args.until_idle and await idle():
             yield {"type": "idle", "time": time.time()}
             return
-        # The bus closes (None) when the daemon stops: say so, so that watchers end
-        # cleanly instead of finding the connection closed.
-        stopped = {"type": "stopped", "time": 0.0}
         while True:
-            event = await queue.get()
-            if event is None:
-                yield {**stopped, "time": time.time()}
-                return
-            if visible(event):
-                yield event
-            while not queue.empty():
-                more = queue.get_nowait()
-                if more is None:
-                    yield {**stopped, "time": time.time()}
+            finished = False
+            for event in [await queue.get(), *queued()]:
+                if event is None:
+                    # The bus closes when the daemon stops: say so, so that watchers
+                    # end cleanly instead of finding the connection closed.
+                    yield {"type": "stopped", "time": time.time()}
                     return
-                if visible(more):
-                    yield more
-            finished = event["type"] in ("completed", "failed", "dead", "pending")
+                if visible(event):
+                    yield event
+                finished = finished or event["type"] in FINISHED_EVENTS
             if args.until_idle and finished and await idle():
+                # Outcomes committed before the count was taken are announced by now:
+                # they come before `idle`, not lost after it.
+                for event in queued():
+                    if event is not None and visible(event):
+                        yield event
                 yield {"type": "idle", "time": time.time()}
                 return
     finally:
