@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at import; `queuectl enqueue` counts them
+    from queuectl.client import Client
 
 __version__ = "0.1.0"
 __all__ = ["Client"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> type[Client]:
     # Lazy, so that the daemon importing queuectl.protocol does not load the client.
     if name == "Client":
         from queuectl.client import Client

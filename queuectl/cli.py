@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,12 +19,62 @@ import click
 
 from queuectl import render
 from queuectl.client import Client
-from queuectl.errors import QueuectlError
-from queuectl.protocol import MAX_BATCH_JOBS, JobState
+from queuectl.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    NoDaemon,
+    QueuectlError,
+    ShuttingDown,
+    Unavailable,
+)
+from queuectl.protocol import (
+    MAX_BATCH_JOBS,
+    MAX_COMMAND_BYTES,
+    MAX_LIST_LIMIT,
+    MAX_RETRIES_LIMIT,
+    MAX_TIMEOUT_S,
+    MAX_WORKERS,
+    JobState,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATES = [s.value for s in JobState]
+MAX_OFFSET = 2**62  # what the daemon accepts (msgpack carries at most 64 bits)
+
+
+# The queue settings' defaults, for help texts (the daemon's table is
+# queuectld.config.QUEUE_SETTINGS; tests/unit/test_cli_help.py checks they agree).
+SETTINGS_HELP = {
+    "max-retries": ("3", "retries after the first failure before the DLQ"),
+    "backoff-base": ("2.0", "a retry waits backoff-base ** attempts seconds"),
+    "backoff-max": ("3600.0", "the longest wait between retries, in seconds"),
+    "default-timeout": ("10.0", "seconds a job may run unless it sets its own timeout"),
+    "max-interruptions": ("5", "crashes/drains a job may suffer before it is dead"),
+}
+
+
+class Int(click.IntRange):
+    """click's integer range, minus Python's extras: ``1_0`` is not 10."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Number(click.FloatRange):
+    """click's number range, minus ``1_0``, ``inf`` and ``nan``."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            whole, _, frac = (text[1:] if text[:1] in "+-" else text).partition(".")
+            digits = whole + frac
+            if not (digits.isascii() and digits.isdigit()):
+                self.fail(f"{value!r} is not a number such as 30 or 2.5", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class Context:
@@ -34,9 +85,27 @@ class Context:
         self.autostart = autostart
 
     @contextmanager
-    def client(self) -> Iterator[Client]:
-        with Client.connect(self.socket, autostart=self.autostart) as client:
+    def client(self, autostart: bool | None = None) -> Iterator[Client]:
+        off_by = "--no-autostart" if self.autostart is False else None
+        if autostart is None:
+            autostart = self.autostart
+        with Client.connect(self.socket, autostart=autostart, off_by=off_by) as client:
             yield client
+
+
+def wide_option(f: F) -> F:
+    return click.option(
+        "--wide", is_flag=True, help="full-width tables (default: fit the terminal or 80 columns)"
+    )(f)
+
+
+def table_width(wide: bool) -> int | None:
+    """The width tables must fit: the terminal's (80 when not a terminal), or none."""
+    if wide:
+        return None
+    if sys.stdout.isatty():
+        return max(40, shutil.get_terminal_size((80, 24)).columns)
+    return 80
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -78,9 +147,21 @@ class _EnqueueCommand(click.Command):
 
 @cli.command(cls=_EnqueueCommand, context_settings={"ignore_unknown_options": False})
 @click.option("--id", "job_id", help="job id (default: a generated number)")
-@click.option("--max-retries", type=click.IntRange(0, 1000), help="retries before the DLQ")
-@click.option("--timeout", type=click.FloatRange(0.001), help="seconds before the job is stopped")
-@click.option("--delay", type=click.FloatRange(0), help="seconds to wait before the first run")
+@click.option(
+    "--max-retries",
+    type=Int(0, MAX_RETRIES_LIMIT),
+    help=f"retries before the DLQ [default: the queue's max-retries, "
+    f"{SETTINGS_HELP['max-retries'][0]}]",
+)
+@click.option(
+    "--timeout",
+    type=Number(0.001, MAX_TIMEOUT_S),
+    help="seconds before the job is stopped [default: the queue's default-timeout, "
+    f"{float(SETTINGS_HELP['default-timeout'][0]):g}]",
+)
+@click.option(
+    "--delay", type=Number(0, MAX_TIMEOUT_S * 52), help="seconds to wait before the first run"
+)
 @click.option(
     "--not-idempotent",
     is_flag=True,
@@ -107,11 +188,15 @@ def enqueue(
     as_json: bool,
     command: tuple[str, ...],
 ) -> None:
-    """Add a job: a JSON object, or flags and a command after `--`.
+    """Add a job: a JSON object (or several, stored together), or flags and a command.
 
     \b
       queuectl enqueue '{"id":"job1","command":"echo Hello"}'
+      queuectl enqueue '{"id":"a","command":"true"}' '{"id":"b","command":"true"}'
       queuectl enqueue --id job2 --timeout 30 -- sleep 2
+
+    A command runs as `sh -c COMMAND` in the current directory; it may be up to
+    {limit} KiB of UTF-8. Several words after `--` are joined as the shell reads them.
     """
     cwd = os.getcwd()
     if from_file is not None:
@@ -136,12 +221,27 @@ def enqueue(
     if not command:
         raise click.UsageError("give a job as JSON or a command after `--`")
     after_dashes = click.get_current_context().meta.get("queuectl.after_dashes", False)
-    if len(command) == 1 and not after_dashes and command[0].lstrip().startswith("{"):
+    if not after_dashes and command[0].lstrip().startswith("{"):
+        # JSON jobs, never a shell command: each argument must be one JSON object.
         flags = (job_id, max_retries, timeout, delay)
         if any(v is not None for v in flags) or not_idempotent:
             raise click.UsageError(
                 "put id, max_retries, timeout, delay and idempotent inside the JSON job"
             )
+        if len(command) > MAX_BATCH_JOBS:
+            raise click.UsageError(f"give at most {MAX_BATCH_JOBS} JSON jobs (or use --file)")
+        if len(command) > 1:
+            specs = [_parse_json_job(text, f"job {n}") for n, text in enumerate(command, 1)]
+            for spec in specs:
+                spec.setdefault("cwd", cwd)
+            with c.client() as client:
+                ids = client.enqueue_batch(specs)  # all or none
+            emit(
+                {"count": len(ids), "ids": ids},
+                as_json,
+                lambda r: f"enqueued {r['count']} jobs: {', '.join(r['ids'])}",
+            )
+            return
         spec = _parse_json_job(command[0], "the job")
     else:
         spec = {"command": command[0] if len(command) == 1 else shlex.join(command)}
@@ -159,6 +259,9 @@ def enqueue(
     with c.client() as client:
         job = client.enqueue_spec(spec)
     emit(job, as_json, lambda j: f"enqueued job {j['id']}: {j['command']}")
+
+
+enqueue.help = (enqueue.help or "").replace("{limit}", str(MAX_COMMAND_BYTES // 1024))
 
 
 def _lines(fh: Any) -> Iterator[tuple[int, str]]:
@@ -188,18 +291,53 @@ def worker() -> None:
 
 
 @worker.command("start")
-@click.option("--count", type=int, default=1, show_default=True, help="number of workers")
+@click.option(
+    "--count",
+    type=Int(0, MAX_WORKERS),
+    default=1,
+    show_default=True,
+    help="jobs that may run at once",
+)
 @click.option("--follow", is_flag=True, help="print job events until the queue is drained")
+@click.option(
+    "--attach",
+    is_flag=True,
+    help="run the workers for this terminal only: print job events; at the end of the "
+    "queue or on Ctrl+C, set the workers back to what they were",
+)
 @pass_ctx
-def worker_start(c: Context, count: int, follow: bool) -> None:
-    """Run COUNT workers (kept across daemon restarts)."""
-    if count < 0:
-        raise click.UsageError(f"--count must not be negative, not {count}")
+def worker_start(c: Context, count: int, follow: bool, attach: bool) -> None:
+    """Run COUNT workers in the daemon.
+
+    The daemon's workers are persistent: they keep running (and survive a daemon
+    restart) until `queuectl worker stop`, whether or not this command is still
+    running. `--follow` also prints job events until the queue is drained.
+
+    `--attach` works like the seed's foreground workers: it prints the events, and when
+    the queue is drained or you press Ctrl+C the daemon goes back to the worker count it
+    had before (running jobs finish).
+    """
+    if follow and attach:
+        raise click.UsageError("give --follow or --attach, not both")
     with c.client() as client:
+        before = client.status()["workers"]["desired"]
         view = client.set_workers(count)
         click.echo(f"workers: {view['desired']} desired")
-        if follow:
+        if not attach:
+            if follow:
+                _follow(client, until_idle=True)
+            return
+        try:
             _follow(client, until_idle=True)
+        finally:
+            # Also after Ctrl+C: the interrupted connection may be mid-frame, use a new one.
+            try:
+                with c.client(autostart=False) as again:
+                    restored = again.set_workers(before)
+            except Unavailable:
+                pass  # the daemon stopped (or is stopping): no workers to set back
+            else:
+                click.echo(f"workers: back to {restored['desired']} desired")
 
 
 @worker.command("stop")
@@ -213,18 +351,32 @@ def worker_stop(c: Context) -> None:
 
 @cli.command()
 @click.option("--until-idle", is_flag=True, help="stop once nothing is left to run")
+@json_option
 @pass_ctx
-def watch(c: Context, until_idle: bool) -> None:
-    """Print job events as they happen."""
+def watch(c: Context, until_idle: bool, as_json: bool) -> None:
+    """Print job events as they happen, each with its local time.
+
+    Ends (exit status 0) when the daemon stops, or with --until-idle once nothing is
+    pending, running or waiting for a retry. --json prints one JSON object a line.
+    """
     with c.client() as client:
-        _follow(client, until_idle)
+        _follow(client, until_idle, timed=True, as_json=as_json)
 
 
-def _follow(client: Client, until_idle: bool) -> None:
-    for event in client.watch(until_idle=until_idle):
-        line = render.event_line(event)
-        if line:
-            click.echo(line)
+def _follow(client: Client, until_idle: bool, timed: bool = False, as_json: bool = False) -> None:
+    stopped = False
+    try:
+        for event in client.watch(until_idle=until_idle):
+            stopped = event.get("type") == "stopped"
+            if as_json:
+                click.echo(json.dumps(event, ensure_ascii=False))
+                continue
+            line = render.event_line(event)
+            if line:
+                click.echo(f"{render.clock(event.get('time'))} {line}" if timed else line)
+    except QueuectlError:
+        if not stopped:  # the daemon said it stops: its closing the connection is no error
+            raise
 
 
 # -- reading ---------------------------------------------------------------------
@@ -241,25 +393,51 @@ def status(c: Context, as_json: bool) -> None:
 
 @cli.command("list")
 @click.option("--state", type=click.Choice(STATES), help="only jobs in this state")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--limit", type=Int(1, MAX_LIST_LIMIT), default=100, show_default=True)
+@click.option("--offset", type=Int(0, MAX_OFFSET), default=0)
+@click.option("--newest", is_flag=True, help="newest first (--offset counts from the newest)")
+@wide_option
 @json_option
 @pass_ctx
-def list_cmd(c: Context, state: str | None, limit: int, offset: int, as_json: bool) -> None:
-    """List jobs, oldest first."""
+def list_cmd(
+    c: Context,
+    state: str | None,
+    limit: int,
+    offset: int,
+    newest: bool,
+    wide: bool,
+    as_json: bool,
+) -> None:
+    """List jobs, oldest first (times are local; the zone is in the header)."""
     with c.client() as client:
-        jobs, total = client.list_jobs(state, limit, offset)
-    emit(jobs, as_json, lambda js: render.jobs(js, total))
+        if newest:
+            jobs, total = _newest_first(client, state, limit, offset)
+        else:
+            jobs, total = client.list_jobs(state, limit, offset)
+    emit(jobs, as_json, lambda js: render.jobs(js, total, table_width(wide)))
+
+
+def _newest_first(
+    client: Client, state: str | None, limit: int, offset: int
+) -> tuple[list[Any], int]:
+    """The page ``offset``..``offset+limit`` counted from the newest job, newest first."""
+    _, total = client.list_jobs(state, 1, 0)  # how many there are
+    count = min(limit, total - offset)
+    if count <= 0:
+        return [], total
+    jobs, total = client.list_jobs(state, count, total - offset - count)
+    return jobs[::-1], total
 
 
 @cli.command()
 @click.argument("job_id")
+@wide_option
 @json_option
 @pass_ctx
-def show(c: Context, job_id: str, as_json: bool) -> None:
+def show(c: Context, job_id: str, wide: bool, as_json: bool) -> None:
     """One job with its attempts history."""
     with c.client() as client:
-        emit(client.get_job(job_id), as_json, render.job_detail)
+        emit(client.get_job(job_id), as_json, lambda j: render.job_detail(j, table_width(wide)))
 
 
 @cli.group()
@@ -268,37 +446,77 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--limit", type=Int(1, MAX_LIST_LIMIT), default=100, show_default=True)
+@wide_option
 @json_option
 @pass_ctx
-def dlq_list(c: Context, limit: int, as_json: bool) -> None:
+def dlq_list(c: Context, limit: int, wide: bool, as_json: bool) -> None:
     """List dead jobs."""
     with c.client() as client:
         jobs, total = client.list_jobs(JobState.DEAD.value, limit)
-    emit(jobs, as_json, lambda js: render.jobs(js, total))
+    emit(jobs, as_json, lambda js: render.jobs(js, total, table_width(wide)))
 
 
 @dlq.command("retry")
-@click.argument("job_id")
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
+@click.option("--all", "every", is_flag=True, help="retry every job in the DLQ")
 @json_option
 @pass_ctx
-def dlq_retry(c: Context, job_id: str, as_json: bool) -> None:
-    """Move a dead job back to pending with its attempts reset."""
+def dlq_retry(c: Context, job_ids: tuple[str, ...], every: bool, as_json: bool) -> None:
+    """Move dead jobs back to pending with their attempts reset."""
+    if every == bool(job_ids):
+        raise click.UsageError("give one or more job ids, or --all")
+    retried: list[Any] = []
+    failed = 0
     with c.client() as client:
-        job = client.dlq_retry(job_id)
-    emit(job, as_json, lambda j: f"job {j['id']} moved from the DLQ to pending")
+        ids = list(job_ids)
+        if every:
+            dead, _ = client.list_jobs(JobState.DEAD.value, MAX_LIST_LIMIT)
+            ids = [j["id"] for j in dead]
+        for job_id in ids:
+            try:
+                retried.append(client.dlq_retry(job_id))
+            except QueuectlError as exc:
+                if len(ids) == 1:
+                    raise
+                click.echo(f"queuectl: {exc.message}", err=True)
+                failed += 1
+    if as_json:
+        click.echo(render.to_json(retried[0] if len(job_ids) == 1 else retried))
+    elif every and not ids:
+        click.echo("the DLQ is empty")
+    else:
+        for job in retried:
+            click.echo(f"job {job['id']} moved from the DLQ to pending")
+    if failed:
+        sys.exit(EXIT_REFUSED)
 
 
 @cli.command()
 @click.argument("job_id")
+@json_option
 @pass_ctx
-def logs(c: Context, job_id: str) -> None:
-    """Print a job's output log (every attempt)."""
+def logs(c: Context, job_id: str, as_json: bool) -> None:
+    """Print a job's output log: every finished attempt's command, times, exit code, output.
+
+    Each attempt keeps at most log_max_bytes (queuectld.toml; 1 MiB by default) of
+    its stdout and of its stderr: the first half and the last half, with a marker of
+    what was cut between them.
+    """
     out = sys.stdout.buffer
     with c.client() as client:
+        if as_json:
+            data = b"".join(client.logs(job_id))
+            click.echo(render.to_json({"id": job_id, "log": data}))
+            return
+        wrote = False
         for chunk in client.logs(job_id):
             out.write(chunk)
-    out.flush()
+            wrote = True
+        out.flush()
+        if not wrote:
+            state = client.get_job(job_id)["state"]
+            click.echo(f"queuectl: job {job_id} is {state}; no attempt has finished yet", err=True)
 
 
 @cli.command()
@@ -325,7 +543,16 @@ def _render_metrics(m: dict[str, Any]) -> str:
 
 @cli.group()
 def config() -> None:
-    """Queue settings: max-retries, backoff-base, default-timeout, ..."""
+    """Queue settings, kept in the queue database; changes apply at once."""
+
+
+config.help = (
+    (config.help or "")
+    + "\n\n\b\nSettings (default):\n"
+    + "\n".join(
+        f"  {key:<18} {help_} ({default})" for key, (default, help_) in SETTINGS_HELP.items()
+    )
+)
 
 
 @config.command("get")
@@ -338,21 +565,23 @@ def config_get(c: Context, key: str, as_json: bool) -> None:
         emit(client.config_get(key), as_json, lambda s: f"{s['key']} = {s['value']}")
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @pass_ctx
 def config_set(c: Context, key: str, value: str) -> None:
     """Change a setting; it applies at once and is kept across restarts."""
+    # ignore_unknown_options: `-1` is a value to check (and refuse), not an option.
     with c.client() as client:
         s = client.config_set(key, value)
     click.echo(f"{s['key']} = {s['value']}")
 
 
 @config.command("list")
+@wide_option
 @json_option
 @pass_ctx
-def config_list(c: Context, as_json: bool) -> None:
+def config_list(c: Context, wide: bool, as_json: bool) -> None:
     """Show every setting with its default."""
     with c.client() as client:
         settings = client.config_list()
@@ -362,6 +591,8 @@ def config_list(c: Context, as_json: bool) -> None:
         lambda ss: render.table(
             ("key", "value", "default", "meaning"),
             [(s["key"], s["value"], s["default"], s["help"]) for s in ss],
+            width=table_width(wide),
+            elastic=(3,),
         ),
     )
 
@@ -369,9 +600,16 @@ def config_list(c: Context, as_json: bool) -> None:
 @cli.command()
 @pass_ctx
 def shutdown(c: Context) -> None:
-    """Ask the daemon to drain (running jobs finish) and exit."""
-    with c.client() as client:
-        client.shutdown()
+    """Ask the daemon to drain (running jobs finish) and exit; never starts one."""
+    try:
+        with c.client(autostart=False) as client:
+            client.shutdown()
+    except NoDaemon:
+        click.echo("queuectld is not running")
+        return
+    except ShuttingDown as exc:  # already draining: what was asked is under way
+        click.echo(exc.message)
+        return
     click.echo("queuectld is shutting down")
 
 
@@ -381,20 +619,20 @@ def main() -> None:
         cli.main(standalone_mode=False, prog_name="queuectl")
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except QueuectlError as exc:
         click.echo(f"queuectl: {exc.message}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_REFUSED)
     except BrokenPipeError:
-        sys.exit(0)
+        sys.exit(EXIT_OK)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    sys.exit(0)
+    sys.exit(EXIT_OK)
 
 
 if __name__ == "__main__":

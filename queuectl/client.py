@@ -7,11 +7,16 @@
 ``Client.connect()`` finds the socket (flag, ``$QUEUECTL_SOCKET``, the per-user
 ``~/.queuectl/queuectld.sock``, then the system ``/run/queuectl/queuectld.sock``)
 and, for the per-user socket, starts a daemon in the background when none answers,
-as task-spooler does. ``QUEUECTL_NO_AUTOSTART=1`` turns that off.
+as task-spooler does (commands racing to do so take turns on a lock in the home,
+and the later ones use the daemon the first started). ``QUEUECTL_NO_AUTOSTART=1``
+turns that off. A draining daemon refuses new work with
+:class:`~queuectl.errors.ShuttingDown`; an autostarting client then waits for it to
+exit, starts a new one and asks again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import select
@@ -25,7 +30,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from queuectl.errors import ProtocolError, Unavailable, error_from_code
+from queuectl import paths
+from queuectl.errors import (
+    NoDaemon,
+    ProtocolError,
+    ShuttingDown,
+    Unavailable,
+    error_from_code,
+)
+from queuectl.paths import SYSTEM_SOCKET, autostart_enabled, resolve_socket
 from queuectl.protocol import (
     EnqueueArgs,
     FrameBuffer,
@@ -40,28 +53,16 @@ from queuectl.protocol import (
     pack,
 )
 
-SYSTEM_SOCKET = "/run/queuectl/queuectld.sock"
 AUTOSTART_TIMEOUT_S = 15.0
+# How long a command waits for a draining daemon to exit before starting a new one.
+DRAIN_WAIT_S = 60.0
+# Requests never sent again to a new daemon when a draining one refuses them: those it
+# answers (ping, status), and shutdown (starting a daemon to stop it makes no sense).
+NOT_RETRIED_AFTER_DRAIN = frozenset({Op.PING, Op.STATUS, Op.SHUTDOWN})
 
 
 def user_home() -> Path:
-    return Path(os.environ.get("QUEUECTL_HOME") or Path.home() / ".queuectl")
-
-
-def resolve_socket(explicit: str | None = None) -> tuple[str, bool]:
-    """The socket to use and whether it is the per-user one (the only one autostarted)."""
-    if explicit:
-        return explicit, False
-    if os.environ.get("QUEUECTL_SOCKET"):
-        return os.environ["QUEUECTL_SOCKET"], False
-    user = user_home() / "queuectld.sock"
-    if not user.exists() and not os.environ.get("QUEUECTL_HOME") and Path(SYSTEM_SOCKET).exists():
-        return SYSTEM_SOCKET, False
-    return str(user), True
-
-
-def autostart_enabled() -> bool:
-    return os.environ.get("QUEUECTL_NO_AUTOSTART", "").lower() not in ("1", "true", "yes")
+    return Path(paths.user_home())
 
 
 class Client:
@@ -73,30 +74,53 @@ class Client:
         self._pending: list[dict[str, Any]] = []
         self._rids = itertools.count(1)
         self.server = server
+        # Set by the hello: the daemon is draining (pid: the process to wait for).
+        self.draining = False
+        self.server_pid: int | None = None
+        # The per-user socket this client may start a daemon on, or None.
+        self._autostart_path: str | None = None
+        self._timeout = 60.0
 
     # -- connecting -----------------------------------------------------------
 
     @classmethod
     def connect(
-        cls, socket_path: str | None = None, autostart: bool | None = None, timeout: float = 60.0
+        cls,
+        socket_path: str | None = None,
+        autostart: bool | None = None,
+        timeout: float = 60.0,
+        *,
+        off_by: str | None = None,
     ) -> Client:
-        """Connect (and say hello); start a per-user daemon first if allowed and needed."""
+        """Connect (and say hello); start a per-user daemon first if allowed and needed.
+
+        ``off_by`` names the flag that turned autostart off, for the error message.
+        """
         path, per_user = resolve_socket(socket_path)
+        hint = ""
+        if autostart is None:
+            autostart = autostart_enabled()
+            if not autostart:
+                hint = " (or unset QUEUECTL_NO_AUTOSTART)"
+        elif not autostart and off_by:
+            hint = f" (or drop {off_by})"
+        if not per_user:
+            hint = ""  # only the per-user socket is ever autostarted
+        may_start = autostart and per_user
+        problem = paths.socket_path_problem(path)
+        if problem is not None:
+            raise Unavailable(problem)
         try:
-            return cls._open(path, timeout)
+            client = cls._open(path, timeout)
         except (FileNotFoundError, ConnectionRefusedError):
-            if autostart is None:
-                autostart = autostart_enabled()
-            if not (autostart and per_user):
-                raise Unavailable(
-                    f"no queuectld is listening on {path}; start one with `queuectld` "
-                    "(or unset QUEUECTL_NO_AUTOSTART)"
+            if not may_start:
+                raise NoDaemon(
+                    f"no queuectld is listening on {path}; start one with `queuectld`{hint}"
                 ) from None
-        start_daemon(path)
-        try:
-            return cls._open(path, timeout)
-        except OSError as exc:
-            raise Unavailable(f"queuectld started but {path} does not answer: {exc}") from None
+            client = _autostart(path, timeout)
+        if may_start:
+            client._autostart_path = path
+        return client
 
     @classmethod
     def _open(cls, path: str, timeout: float) -> Client:
@@ -109,10 +133,23 @@ class Client:
             raise Unavailable(
                 f"permission denied on {path}; ask to be added to the queue's group"
             ) from None
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise
+        except NotADirectoryError:
+            sock.close()
+            raise Unavailable(
+                f"{os.path.dirname(path)} is not a directory; "
+                "point QUEUECTL_HOME (or QUEUECTL_SOCKET) somewhere else"
+            ) from None
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
         except BaseException:
             sock.close()
             raise
         client = cls(sock, "")
+        client._timeout = timeout
         try:
             client._send(Hello().to_wire())
             msg = client._recv()
@@ -126,7 +163,26 @@ class Client:
             raise error_from_code(reply.error.code, reply.error.message)
         client.server = str(msg.get("hello", ""))
         HelloReply(int(msg.get("version", 0)), client.server)
+        client.draining = msg.get("draining") is True
+        pid = msg.get("pid")
+        client.server_pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
         return client
+
+    def _replace_draining_daemon(self, refusal: ShuttingDown) -> None:
+        """Wait (bounded) for the draining daemon to exit, then connect to a new one."""
+        assert self._autostart_path is not None
+        if self.server_pid is None:
+            raise refusal  # a daemon that does not say its pid: nothing to wait for
+        if not _wait_for_exit(self.server_pid, DRAIN_WAIT_S):
+            refusal.message += f"; it did not stop within {DRAIN_WAIT_S:g}s, try again later"
+            raise refusal
+        self._sock.close()
+        fresh = _autostart(self._autostart_path, self._timeout)
+        if fresh.draining:
+            fresh.close()
+            raise refusal
+        self._sock, self._frames, self._pending = fresh._sock, fresh._frames, fresh._pending
+        self.server, self.draining, self.server_pid = fresh.server, False, None
 
     def close(self) -> None:
         self._sock.close()
@@ -157,6 +213,17 @@ class Client:
 
     def call(self, op: Op, **args: Any) -> Any:
         """Send one request and return its result, or raise the error the daemon reported."""
+        try:
+            return self._call_once(op, args)
+        except ShuttingDown as refusal:
+            # Refused without effect by a draining daemon: with autostart, wait for it
+            # to exit and ask its successor (`queuectl shutdown; queuectl enqueue ...`).
+            if self._autostart_path is None or op in NOT_RETRIED_AFTER_DRAIN:
+                raise
+            self._replace_draining_daemon(refusal)
+            return self._call_once(op, args)
+
+    def _call_once(self, op: Op, args: dict[str, Any]) -> Any:
         rid = next(self._rids)
         self._send(Request(rid, op, args).to_wire())
         while True:
@@ -281,10 +348,80 @@ class Client:
         return result
 
 
+def prepare_home() -> Path:
+    """The per-user home, created if missing; a one-sentence error if it cannot be."""
+    home = user_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (FileExistsError, NotADirectoryError):
+        raise Unavailable(
+            f"the queuectl home {home} is not a directory; set QUEUECTL_HOME to one"
+        ) from None
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot create the queuectl home {home}: {exc.strerror or exc}; "
+            "set QUEUECTL_HOME to a directory you can write"
+        ) from None
+    if not home.is_dir():
+        raise Unavailable(f"the queuectl home {home} is not a directory; set QUEUECTL_HOME to one")
+    return home
+
+
+def _autostart(path: str, timeout: float) -> Client:
+    """Start the per-user daemon unless a racing command already has; then connect.
+
+    Parallel first commands take turns on a lock in the home: the first starts the
+    daemon, the others find it answering once they get the lock.
+    """
+    home = prepare_home()
+    try:
+        lock = os.open(home / "autostart.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise Unavailable(f"cannot use the queuectl home {home}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held at most AUTOSTART_TIMEOUT_S by a winner
+        try:
+            return Client._open(path, timeout)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        start_daemon(path)
+        try:
+            return Client._open(path, timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise Unavailable(
+                f"queuectld started but {path} does not answer: {exc.strerror}"
+            ) from None
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    """Wait until process ``pid`` has exited; False if it still runs after ``timeout``."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no pidfd (old kernel, seccomp): look now and then
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+            time.sleep(0.05)
+        return False
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
 def start_daemon(socket_path: str) -> None:
     """Start a per-user ``queuectld --daemon`` and wait until it reports ready."""
+    home = prepare_home()
     read_fd, write_fd = os.pipe()
-    home = user_home()
     cmd = [
         sys.executable,
         "-m",
@@ -299,7 +436,6 @@ def start_daemon(socket_path: str) -> None:
         "--ready-fd",
         str(write_fd),
     ]
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         proc = subprocess.Popen(
             cmd,
@@ -332,4 +468,4 @@ def start_daemon(socket_path: str) -> None:
         raise Unavailable(f"could not start queuectld: {reason}")
 
 
-__all__ = ["Client", "ProtocolError", "resolve_socket", "start_daemon"]
+__all__ = ["SYSTEM_SOCKET", "Client", "ProtocolError", "resolve_socket", "start_daemon"]

@@ -6,7 +6,15 @@ on the code, people read the message. Codes never change meaning once shipped.
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at import (the fast enqueue path loads this)
+    from typing import ClassVar
+
+# Exit statuses of `queuectl`: one place, shared by the click CLI and the fast path.
+EXIT_OK = 0
+EXIT_REFUSED = 1  # the daemon refused the request, or no daemon could be reached
+EXIT_USAGE = 2  # misuse: bad flags, invalid JSON, an unusable environment
+EXIT_INTERRUPTED = 130
 
 
 class QueuectlError(Exception):
@@ -58,6 +66,16 @@ class Unavailable(QueuectlError):
     code = "unavailable"
 
 
+class NoDaemon(Unavailable):
+    """Nothing listens on the socket (client side only; its code is ``unavailable``)."""
+
+
+class ShuttingDown(Unavailable):
+    """The daemon is draining: it answers ``status`` and ``ping`` but takes no new work."""
+
+    code = "shutting_down"
+
+
 class ProtocolError(QueuectlError):
     """A frame could not be read: bad length, bad msgpack, wrong version."""
 
@@ -79,6 +97,7 @@ ERRORS_BY_CODE: dict[str, type[QueuectlError]] = {
         PermissionDenied,
         StorageFull,
         Unavailable,
+        ShuttingDown,
         ProtocolError,
         InternalError,
     )

@@ -3,53 +3,60 @@
 Starting Python is most of what one ``queuectl enqueue`` costs, and importing click,
 the renderer and every protocol dataclass would more than double it. The plain forms
 of ``enqueue`` (a JSON job; or ``--id``, ``--max-retries``, ``--timeout``, ``--delay``,
-``--not-idempotent``, ``--json`` and a command) are handled here with the standard
-library and msgpack alone, and answer exactly as :mod:`queuectl.cli` does. Anything
+``--not-idempotent``, ``--json`` and a command) and ``status [--json]`` are handled
+here with the standard library and msgpack alone, and answer exactly as
+:mod:`queuectl.cli` does. Anything
 else (help, other flags, values it does not read the way click would, no daemon
-answering, so an autostart) goes to :func:`queuectl.cli.main` before anything was
-sent, so it behaves as before.
+answering, so an autostart; a draining daemon) goes to :func:`queuectl.cli.main`
+before anything was sent, so it behaves as before.
 
-The few protocol facts used here (framing, hello, request and reply maps, socket
-lookup) are those of :mod:`queuectl.protocol` and :mod:`queuectl.client`;
-``tests/unit/test_fastcli.py`` checks that they agree.
+The framing, hello, socket lookup and exit statuses are the real ones
+(:mod:`queuectl.wire`, :mod:`queuectl.paths`, :mod:`queuectl.errors`), each cheap to
+import; ``python -X importtime -c 'import queuectl.fastcli'`` shows what it costs.
 """
 
 from __future__ import annotations
 
+# _socket, not socket: the wrapper module costs milliseconds (enum, selectors) and
+# this path needs only connect, sendall and recv on one AF_UNIX stream.
+import _socket
 import os
-import re
-import socket
-import struct
 import sys
-from typing import Any
 
-PROTOCOL_VERSION = 1
-HEADER = struct.Struct(">I")
-MAX_FRAME_BYTES = 4 * 1024 * 1024
-SYSTEM_SOCKET = "/run/queuectl/queuectld.sock"
+from queuectl import paths, wire
+from queuectl.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, QueuectlError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 CONNECT_TIMEOUT_S = 60.0
-
-_INT = re.compile(r"[0-9]{1,4}")
-_FLOAT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+_DIGITS = frozenset("0123456789")
 
 
 class _Fallback(Exception):
     """Not a form handled here: let click do it (nothing has been sent yet)."""
 
 
-def _socket_path() -> str:
-    """What :func:`queuectl.client.resolve_socket` answers without an explicit socket."""
-    if os.environ.get("QUEUECTL_SOCKET"):
-        return os.environ["QUEUECTL_SOCKET"]
-    home = os.environ.get("QUEUECTL_HOME") or os.path.join(os.path.expanduser("~"), ".queuectl")
-    user = os.path.join(home, "queuectld.sock")
-    if (
-        not os.path.exists(user)
-        and not os.environ.get("QUEUECTL_HOME")
-        and os.path.exists(SYSTEM_SOCKET)
-    ):
-        return SYSTEM_SOCKET
-    return user
+def _is_int(text: str, max_digits: int) -> bool:
+    """Plain decimal digits only (click refuses what int() would also take: `1_0`, ` 1`)."""
+    return 0 < len(text) <= max_digits and set(text) <= _DIGITS
+
+
+def _is_decimal(text: str) -> bool:
+    """``123`` or ``1.5``; no exponent, sign, underscore or space (click's business)."""
+    whole, dot, frac = text.partition(".")
+    return _is_int(whole, 9) and (not dot or _is_int(frac, 9))
+
+
+_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
+
+
+def _quote(word: str) -> str:
+    """:func:`shlex.quote` without its regular expression (``re`` costs milliseconds)."""
+    if word and set(word) <= _SHELL_SAFE:
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
 def parse_enqueue(args: list[str]) -> tuple[dict[str, Any], bool]:
@@ -90,11 +97,11 @@ def parse_enqueue(args: list[str]) -> tuple[dict[str, Any], bool]:
                     raise _Fallback
                 spec["id"] = value
             elif arg == "--max-retries":
-                if not _INT.fullmatch(value) or int(value) > 1000:
+                if not _is_int(value, 4) or int(value) > 1000:
                     raise _Fallback
                 spec["max_retries"] = int(value)
             else:
-                if not _FLOAT.fullmatch(value):
+                if not _is_decimal(value):
                     raise _Fallback
                 number = float(value)
                 if arg == "--timeout" and number < 0.001:
@@ -107,14 +114,9 @@ def parse_enqueue(args: list[str]) -> tuple[dict[str, Any], bool]:
     if not words:
         raise _Fallback
     after_dashes = "--" in args
-    if len(words) == 1 and not after_dashes and words[0].lstrip().startswith("{"):
-        raise _Fallback  # JSON mixed with flags: click explains
-    if len(words) == 1:
-        command = words[0]
-    else:
-        import shlex
-
-        command = shlex.join(words)
+    if not after_dashes and words[0].lstrip().startswith("{"):
+        raise _Fallback  # JSON mixed with flags, or several JSON jobs: click's business
+    command = words[0] if len(words) == 1 else " ".join(_quote(w) for w in words)
     return {"command": command, **_ordered(spec)}, as_json
 
 
@@ -126,9 +128,12 @@ def _ordered(spec: dict[str, Any]) -> dict[str, Any]:
 
 class _Conn:
     def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        if paths.socket_path_problem(path):
+            raise _Fallback  # click words the error
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         self.sock.settimeout(CONNECT_TIMEOUT_S)
-        self.buf = b""
+        self.frames = wire.FrameBuffer()
+        self.pending: list[dict[str, Any]] = []
         try:
             self.sock.connect(path)
         except OSError:
@@ -136,33 +141,15 @@ class _Conn:
             raise _Fallback from None  # no daemon (autostart), permission...: click path
 
     def send(self, msg: dict[str, Any]) -> None:
-        import msgpack
-
-        body: bytes = msgpack.packb(msg, use_bin_type=True)
-        self.sock.sendall(HEADER.pack(len(body)) + body)
+        self.sock.sendall(wire.pack(msg))
 
     def recv(self) -> dict[str, Any] | None:
-        import msgpack
-
-        while True:
-            if len(self.buf) >= HEADER.size:
-                (length,) = HEADER.unpack(self.buf[: HEADER.size])
-                if length == 0 or length > MAX_FRAME_BYTES:
-                    return None
-                end = HEADER.size + length
-                if len(self.buf) >= end:
-                    body, self.buf = self.buf[HEADER.size : end], self.buf[end:]
-                    msg = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-                    return msg if isinstance(msg, dict) else None
+        while not self.pending:
             data = self.sock.recv(65536)
             if not data:
                 return None
-            self.buf += data
-
-
-def _error_text(msg: dict[str, Any]) -> str:
-    err = msg.get("error")
-    return str(err.get("message")) if isinstance(err, dict) else "malformed reply"
+            self.pending.extend(self.frames.feed(data))
+        return self.pending.pop(0)
 
 
 def _echo(text: str) -> None:
@@ -175,57 +162,87 @@ def _echo(text: str) -> None:
     sys.stdout.flush()
 
 
-def _enqueue(args: list[str]) -> int:
-    spec, as_json = parse_enqueue(args)
-    spec.setdefault("cwd", os.getcwd())
-    conn = _Conn(_socket_path())
+def _call(op: str, args: dict[str, Any], draining_ok: bool = False) -> dict[str, Any] | int:
+    """One request on a new connection: its reply, or an exit status once it failed.
+
+    Raises :class:`_Fallback` until the request is sent (click's path then does it all).
+    """
+    request = wire.pack({"rid": 1, "op": op, "args": args})  # refuses what cannot go
+    conn = _Conn(paths.resolve_socket()[0])
     try:
         try:
-            conn.send({"hello": "queuectl", "version": PROTOCOL_VERSION})
+            conn.send(wire.hello())
             hello = conn.recv()
-        except (ConnectionError, TimeoutError):
+        except (ConnectionError, TimeoutError, QueuectlError):
             raise _Fallback from None
         if hello is None or hello.get("ok") is not True:
             raise _Fallback  # refused (permissions, version): click reports it
+        if hello.get("draining") and not draining_ok:
+            raise _Fallback  # click's path waits for a new daemon (autostart) or says why
         # From here on the request is sent: never fall back (it could enqueue twice).
-        conn.send({"rid": 1, "op": "enqueue", "args": spec})
+        conn.sock.sendall(request)
         while True:
             reply = conn.recv()
             if reply is None:
                 print("queuectl: queuectld closed the connection", file=sys.stderr)
-                return 1
+                return EXIT_REFUSED
             if reply.get("rid") == 1 and "event" not in reply:
                 break
     finally:
         conn.sock.close()
     if reply.get("ok") is not True:
-        print(f"queuectl: {_error_text(reply)}", file=sys.stderr)
-        return 1
-    job = reply.get("result")
-    if not isinstance(job, dict):
-        print("queuectl: malformed reply", file=sys.stderr)
-        return 1
+        print(f"queuectl: {wire.error_text(reply)[1]}", file=sys.stderr)
+        return EXIT_REFUSED
+    result = reply.get("result")
+    if not isinstance(result, dict):
+        print("queuectl: queuectld sent a malformed reply", file=sys.stderr)
+        return EXIT_REFUSED
+    return result
+
+
+def _enqueue(args: list[str]) -> int:
+    spec, as_json = parse_enqueue(args)
+    spec.setdefault("cwd", os.getcwd())
+    job = _call("enqueue", spec)
+    if isinstance(job, int):
+        return job
     if as_json:
         from queuectl.render import to_json
 
         _echo(to_json(job))
     else:
         _echo(f"enqueued job {job['id']}: {job['command']}")
-    return 0
+    return EXIT_OK
+
+
+def _status(args: list[str]) -> int:
+    if args not in ([], ["--json"]):
+        raise _Fallback
+    view = _call("status", {}, draining_ok=True)  # a draining daemon answers status
+    if isinstance(view, int):
+        return view
+    from queuectl import render
+
+    _echo(render.to_json(view) if args else render.status(view))  # type: ignore[arg-type]
+    return EXIT_OK
 
 
 def main() -> None:
     """Console entry point (``queuectl``)."""
     args = sys.argv[1:]
-    if args[:1] == ["enqueue"]:
+    fast = {"enqueue": _enqueue, "status": _status}.get(args[0] if args else "")
+    if fast is not None:
         try:
-            sys.exit(_enqueue(args[1:]))
+            sys.exit(fast(args[1:]))
         except _Fallback:
             pass
+        except QueuectlError as exc:  # refused before sending (a number over 64 bits...)
+            print(f"queuectl: {exc.message}", file=sys.stderr)
+            sys.exit(EXIT_REFUSED)
         except KeyboardInterrupt:
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:
-            sys.exit(0)
+            sys.exit(EXIT_OK)
     from queuectl.cli import main as full
 
     full()

@@ -1,11 +1,11 @@
 """The wire protocol: everything that crosses a queuectl socket or pipe is defined here.
 
-Framing: a 4-byte big-endian length, then one msgpack map of at most
-``MAX_FRAME_BYTES``. On connect the client sends a :class:`Hello` and the daemon
-answers a :class:`HelloReply` (or an error frame, then closes). After that every
-request is a :class:`Request` frame answered by one :class:`Reply` with the same
-``rid``; a ``watch`` request is answered by :class:`EventFrame` s until the client
-hangs up.
+Framing (in :mod:`queuectl.wire`, re-exported here): a 4-byte big-endian length,
+then one msgpack map of at most ``MAX_FRAME_BYTES``. On connect the client sends a
+:class:`Hello` and the daemon answers a :class:`HelloReply` (or an error frame, then
+closes). After that every request is a :class:`Request` frame answered by one
+:class:`Reply` with the same ``rid``; a ``watch`` request is answered by
+:class:`EventFrame` s until the client hangs up.
 
 Request arguments are validated here, once, for every transport: each request type
 is a frozen dataclass whose :func:`parse_args` refuses unknown fields, wrong types
@@ -20,20 +20,24 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-import struct
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypedDict, TypeVar
 
-import msgpack
-
+from queuectl import wire
 from queuectl.errors import InvalidRequest, ProtocolError
 
-PROTOCOL_VERSION = 1
-MAX_FRAME_BYTES = 4 * 1024 * 1024
-HEADER = struct.Struct(">I")
+# The wire format lives in queuectl.wire (cheap to import: the fast enqueue path uses
+# it alone); re-exported here so that `from queuectl.protocol import pack` keeps working.
+PROTOCOL_VERSION = wire.PROTOCOL_VERSION
+MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
+HEADER = wire.HEADER
+FrameBuffer = wire.FrameBuffer
+pack = wire.pack
+unpack = wire.unpack
+frame_length = wire.frame_length
 
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
@@ -78,68 +82,6 @@ class Op(enum.StrEnum):
 
 
 # ---------------------------------------------------------------------------
-# Framing
-
-
-def pack(obj: Mapping[str, Any]) -> bytes:
-    """Encode one message as a length-prefixed frame."""
-    try:
-        body: bytes = msgpack.packb(obj, use_bin_type=True)
-    except UnicodeEncodeError:
-        # Text from argv or JSON may hold undecodable bytes (as lone surrogates).
-        raise InvalidRequest(
-            "the request holds text that is not valid UTF-8; commands and ids must be UTF-8"
-        ) from None
-    if len(body) > MAX_FRAME_BYTES:
-        raise ProtocolError(
-            f"message of {len(body)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
-        )
-    return HEADER.pack(len(body)) + body
-
-
-def frame_length(header: bytes, max_bytes: int = MAX_FRAME_BYTES) -> int:
-    """Decode and check a frame header; a declared length over the limit is a protocol error."""
-    (length,) = HEADER.unpack(header)
-    if length == 0 or length > max_bytes:
-        raise ProtocolError(f"frame of {length} bytes is outside 1..{max_bytes}")
-    return int(length)
-
-
-def unpack(body: bytes) -> dict[str, Any]:
-    """Decode one frame body; anything but a msgpack map with string keys is refused."""
-    try:
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("a frame must hold a map")
-    if not all(isinstance(key, str) for key in obj):
-        raise ProtocolError("a frame's map keys must be strings")
-    return obj
-
-
-class FrameBuffer:
-    """Incremental frame decoder for blocking readers (the client, the worker)."""
-
-    def __init__(self, max_bytes: int = MAX_FRAME_BYTES) -> None:
-        self._buf = bytearray()
-        self._max = max_bytes
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        """Add bytes; return every message now complete, in order."""
-        self._buf += data
-        out = []
-        while len(self._buf) >= HEADER.size:
-            length = frame_length(bytes(self._buf[: HEADER.size]), self._max)
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            out.append(unpack(bytes(self._buf[HEADER.size : end])))
-            del self._buf[:end]
-        return out
-
-
-# ---------------------------------------------------------------------------
 # Envelopes
 
 
@@ -151,7 +93,7 @@ class Hello:
     client: str = "queuectl"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"hello": self.client, "version": self.version}
+        return wire.hello(self.client, self.version)
 
     @classmethod
     def from_wire(cls, msg: Mapping[str, Any]) -> Hello:
@@ -167,9 +109,18 @@ class HelloReply:
 
     version: int
     server: str
+    # True while the daemon drains: it answers status and ping, refuses new work.
+    draining: bool = False
+    # The daemon's process id, so a client can wait for a draining daemon to exit.
+    pid: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"hello": self.server, "version": self.version, "ok": True}
+        extra: dict[str, Any] = {}
+        if self.draining:
+            extra["draining"] = True
+        if self.pid is not None:
+            extra["pid"] = self.pid
+        return wire.hello_reply(self.server, self.version, **extra)
 
 
 @dataclass(frozen=True)
@@ -344,9 +295,19 @@ def validate_job_id(job_id: str) -> None:
         )
 
 
+def plain_number(value: float) -> str:
+    """``4611686018427387904``, ``0.001``, ``2.5``: never scientific notation."""
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
 def _check_range(name: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not low <= value <= high:
-        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}, not {value:g}")
+        raise InvalidRequest(
+            f"{name} must be between {plain_number(low)} and {plain_number(high)}, "
+            f"not {plain_number(value)}"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,27 @@
-"""Output for people (tables, event lines) and for programs (``--json``)."""
+"""Output for people (tables, event lines) and for programs (``--json``).
+
+Cheap to import (no typing, json or protocol classes at import time): the fast
+``queuectl status`` path (:mod:`queuectl.fastcli`) renders with it.
+"""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
-from typing import Any
 
-from queuectl.protocol import JobState, JobView, StatusView
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from queuectl.protocol import JobView, StatusView
+
+# queuectl.protocol.JobState's values, in its order (tests/unit/test_cli_help.py checks).
+STATES = ("pending", "processing", "completed", "failed", "dead")
 
 
 def to_json(value: Any) -> str:
+    import json  # loads re: only for --json
+
     def default(obj: Any) -> Any:
         if isinstance(obj, bytes):
             return obj.decode("utf-8", "replace")
@@ -19,10 +30,29 @@ def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, default=default, ensure_ascii=False)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned table: header, rule, rows (the seed's ``state | count`` look)."""
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    width: int | None = None,
+    elastic: Sequence[int | tuple[int, int]] = (),
+) -> str:
+    """A plain aligned table: header, rule, rows (the seed's ``state | count`` look).
+
+    With ``width``, the ``elastic`` columns (in that order; ``(column, floor)`` to stop
+    at a width) are narrowed, their cells elided with "…", until the table fits.
+    """
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[one_line(c) for c in row] for row in cells]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    if width is not None:
+        excess = sum(widths) + 3 * (len(widths) - 1) - width
+        for step in elastic:
+            i, floor = step if isinstance(step, tuple) else (step, MIN_ELASTIC)
+            cut = min(excess, widths[i] - max(len(cells[0][i]), floor))
+            if cut > 0:
+                widths[i] -= cut
+                excess -= cut
+        cells = [[_elide(c, w) for c, w in zip(row, widths, strict=True)] for row in cells]
     lines = [" | ".join(c.ljust(w) for c, w in zip(cells[0], widths, strict=True)).rstrip()]
     lines.append("-+-".join("-" * w for w in widths))
     for row in cells[1:]:
@@ -30,19 +60,66 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+MIN_ELASTIC = 10
+
+
+def _elide(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# One rule for times people read: local time, the zone named (in a table's header, or
+# after the time). JSON keeps the epoch seconds; job log files keep UTC.
+
+
+def zone(ts: float | None = None) -> str:
+    """The local time zone's abbreviation (``UTC``, ``CET``) at ``ts`` (default: now)."""
+    return time.strftime("%Z", time.localtime(ts))
+
+
 def when(ts: float | None) -> str:
+    """``2026-12-01 04:14:21`` in local time."""
     if ts is None:
         return ""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def when_zoned(ts: float | None) -> str:
+    """``2026-12-01 04:14:21 CET``."""
+    return "" if ts is None else f"{when(ts)} {zone(ts)}"
+
+
+def stamp(ts: float | None, now: float | None = None) -> str:
+    """Compact, for tables: ``04:14:21`` today, else ``2026-11-30 04:14``."""
+    if ts is None:
+        return ""
+    local = time.localtime(ts)
+    if local[:3] == time.localtime(now)[:3]:
+        return time.strftime("%H:%M:%S", local)
+    return time.strftime("%Y-%m-%d %H:%M", local)
+
+
+def clock(ts: Any) -> str:
+    """``04:14:21`` local (a watch line's time column)."""
+    if not isinstance(ts, int | float):
+        ts = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {9: "\\t", 10: "\\n", 13: "\\r", 127: "\\x7f"}
+
+
+def one_line(text: str) -> str:
+    """``text`` as it is, with control characters (newlines...) shown as escapes."""
+    return text.translate(_CONTROL)
+
+
 def shorten(text: str, width: int = 48) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """The text as it will run (spaces kept), on one line, elided with "…" if too long."""
+    return _elide(one_line(text), width)
 
 
 def status(view: StatusView) -> str:
-    rows = [(state.value, view["counts"].get(state.value, 0)) for state in JobState]
+    rows = [(state, view["counts"].get(state, 0)) for state in STATES]
     w = view["workers"]
     out = table(("state", "count"), rows)
     out += f"\n\nworkers: {w['running']} running / {w['desired']} desired, {w['busy']} busy"
@@ -51,44 +128,50 @@ def status(view: StatusView) -> str:
     return out
 
 
-def jobs(views: Sequence[JobView], total: int) -> str:
+def jobs(views: Sequence[JobView], total: int, width: int | None = 80) -> str:
+    """The job table; commands as they will run, elided to fit ``width`` (None: in full)."""
     rows = [
         (
             j["id"],
             j["state"],
             f"{j['attempts']}/{j['max_retries'] + 1}",
             "" if j["last_exit_code"] is None else j["last_exit_code"],
-            when(j["updated_at"]),
-            shorten(j["command"]),
+            stamp(j["updated_at"]),
+            j["command"],
         )
         for j in views
     ]
-    out = table(("id", "state", "attempts", "exit", "updated", "command"), rows)
+    headers = ("id", "state", "attempts", "exit", f"updated {zone()}", "command")
+    # Long ids give way first (to 16), then the command, then ids again.
+    out = table(headers, rows, width, elastic=((0, 16), 5, (0, 4)))
     if total > len(views):
         out += f"\n({len(views)} of {total} shown; use --limit and --offset for more)"
     return out
 
 
-def job_detail(j: JobView) -> str:
+def job_detail(j: JobView, width: int | None = 80) -> str:
     lines = [
         f"id:          {j['id']}",
         f"command:     {j['command']}",
+        f"cwd:         {j.get('cwd') or ''}",
         f"state:       {j['state']}",
-        f"attempts:    {j['attempts']} (max retries {j['max_retries']}, "
-        f"interruptions {j['interruptions']})",
+        # Attempts count toward the retry limit (reset by `dlq retry`); the history
+        # below keeps every run, so say both, or the numbers seem to disagree.
+        f"attempts:    {j['attempts']} of {j['max_retries'] + 1} allowed; "
+        f"{len(j['history'])} runs recorded, {j['interruptions']} interrupted",
         f"timeout:     {j['timeout']:g}s",
-        f"created:     {when(j['created_at'])}",
-        f"updated:     {when(j['updated_at'])}",
+        f"created:     {when_zoned(j['created_at'])}",
+        f"updated:     {when_zoned(j['updated_at'])}",
     ]
     if j["state"] in ("pending", "failed"):
-        lines.append(f"runs at:     {when(j['run_at'])}")
+        lines.append(f"runs at:     {when_zoned(j['run_at'])}")
     if j["last_error"]:
         lines.append(f"last error:  {j['last_error']}")
     if j["history"]:
         rows = [
             (
                 a["attempt"],
-                when(a["started_at"]),
+                stamp(a["started_at"]),
                 "" if a["finished_at"] is None else f"{a['finished_at'] - a['started_at']:.3f}s",
                 "" if a["exit_code"] is None else a["exit_code"],
                 a["outcome"] or "running",
@@ -96,7 +179,8 @@ def job_detail(j: JobView) -> str:
             )
             for a in j["history"]
         ]
-        lines += ["", table(("attempt", "started", "took", "exit", "outcome", "error"), rows)]
+        headers = ("attempt", f"started {zone()}", "took", "exit", "outcome", "error")
+        lines += ["", table(headers, rows, width, elastic=(5,))]
     return "\n".join(lines)
 
 
@@ -121,4 +205,6 @@ def event_line(event: dict[str, Any]) -> str | None:
         return f"[INFO] [{job}] enqueued"
     if kind == "idle":
         return "[INFO] queue drained: no job pending, running or waiting for a retry"
+    if kind == "stopped":
+        return "[INFO] queuectld stopped"
     return None

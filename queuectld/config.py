@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from queuectl.errors import InvalidRequest
+from queuectl.protocol import plain_number
 
 ENV_PREFIX = "QUEUECTLD_"
 
@@ -498,16 +499,19 @@ class QueueSetting:
     help: str
 
     def check(self, raw: str) -> float | int:
+        kind = "an integer" if self.parse is int else "a number"
         try:
+            if "_" in raw:  # Python reads 1_0 as 10; people mean something else
+                raise ValueError(raw)
             value = self.parse(raw)
         except ValueError:
-            kind = "an integer" if self.parse is int else "a number"
             raise InvalidRequest(f"{self.key} must be {kind}, not {raw!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidRequest(f"{self.key} must be a finite number")
         if not self.low <= value <= self.high:
+            low, high = plain_number(self.low), plain_number(self.high)
             raise InvalidRequest(
-                f"{self.key} must be between {self.low:g} and {self.high:g}, not {value:g}"
+                f"{self.key} must be between {low} and {high}, not {plain_number(value)}"
             )
         return value
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from queuectl.errors import ShuttingDown
 from queuectl.protocol import (
     ConfigKeyArgs,
     ConfigSetArgs,
@@ -226,15 +227,20 @@ async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
         if args.until_idle and await idle():
             yield {"type": "idle", "time": time.time()}
             return
+        # The bus closes (None) when the daemon stops: say so, so that watchers end
+        # cleanly instead of finding the connection closed.
+        stopped = {"type": "stopped", "time": 0.0}
         while True:
             event = await queue.get()
             if event is None:
+                yield {**stopped, "time": time.time()}
                 return
             if visible(event):
                 yield event
             while not queue.empty():
                 more = queue.get_nowait()
                 if more is None:
+                    yield {**stopped, "time": time.time()}
                     return
                 if visible(more):
                     yield more
@@ -247,6 +253,38 @@ async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
 
 
 Handler = Callable[["Daemon", Any], Awaitable[Any]]
+Stream = Callable[["Daemon", Any], AsyncIterator[dict[str, Any]]]
+
+# What a draining daemon still answers: how it is doing. Everything else is refused,
+# changing nothing; a second `shutdown` too (a script that says it twice must not stop
+# the running jobs: a second SIGTERM does that).
+ANSWERED_WHILE_DRAINING = frozenset({Op.PING, Op.STATUS})
+
+
+def _refuse_if_draining(d: Daemon) -> None:
+    if d.draining:
+        busy = _workers(d)["busy"]
+        running = f"; {busy} job{'' if busy == 1 else 's'} still running" if busy else ""
+        log.info("request_refused", reason="draining", uid=server.caller_uid())
+        raise ShuttingDown(f"queuectld is shutting down{running}")
+
+
+def _unless_draining(handler: Handler) -> Handler:
+    async def guarded(d: Daemon, args: Any) -> Any:
+        _refuse_if_draining(d)
+        return await handler(d, args)
+
+    return guarded
+
+
+def _stream_unless_draining(stream: Stream) -> Stream:
+    async def guarded(d: Daemon, args: Any) -> AsyncIterator[dict[str, Any]]:
+        _refuse_if_draining(d)
+        async for event in stream(d, args):
+            yield event
+
+    return guarded
+
 
 HANDLERS: dict[Op, Handler] = {
     Op.PING: ping,
@@ -265,4 +303,8 @@ HANDLERS: dict[Op, Handler] = {
     Op.CONFIG_LIST: config_list,
     Op.SHUTDOWN: shutdown,
 }
-STREAMS = {Op.WATCH: watch}
+HANDLERS = {
+    op: handler if op in ANSWERED_WHILE_DRAINING else _unless_draining(handler)
+    for op, handler in HANDLERS.items()
+}
+STREAMS: dict[Op, Stream] = {Op.WATCH: _stream_unless_draining(watch)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"queuectld: {exc.message}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     config = explained.config
+    if "log_format" not in explained.origins and not args.daemon and _stderr_is_terminal():
+        # Nobody chose a format and a person reads stderr: lines for people, not JSON.
+        config = dataclasses.replace(config, log_format="console")
     if args.check_config:
         for warning in explained.warnings:
             print(f"queuectld: warning: {warning}", file=sys.stderr)
@@ -85,8 +89,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_config:
         sys.stdout.write(render_toml(explained))
         sys.exit(0)
-    Path(config.home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        Path(config.home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        print(f"queuectld: cannot create the home {config.home}: {exc.strerror}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     if args.daemon:
+        # Detached, stderr is gone: say now, as the foreground form does, what stops us.
+        in_use = _in_use(config)
+        if in_use is not None:
+            print(f"queuectld: {in_use}", file=sys.stderr)
+            sys.exit(1)
         _detach(config, args.pidfile, args.ready_fd)
     from queuectld.daemon import run_daemon
     from queuectld.logs import configure_logging
@@ -105,6 +118,43 @@ def main(argv: list[str] | None = None) -> None:
         return load_config(args.config, os.environ, flags)
 
     sys.exit(run_daemon(config, args.ready_fd, reload))
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _in_use(config: DaemonConfig) -> str | None:
+    """Why another daemon keeps this one from starting (its store or socket), or None.
+
+    Only a check: the daemon takes the store's lock itself once detached.
+    """
+    import fcntl
+    import socket
+
+    try:
+        fd = os.open(config.database + ".lock", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        fd = None  # no lock file yet: no daemon has used this store
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"another queuectld is using {config.database}; stop it first"
+        finally:
+            os.close(fd)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(config.socket)
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return f"another queuectld is already listening on {config.socket}"
 
 
 def _detach(config: DaemonConfig, pidfile: str | None, ready_fd: int | None) -> None:

@@ -53,6 +53,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 # A frame's body must arrive within this long once its header has (slow-client guard).
 BODY_TIMEOUT_S = 30.0
 MAX_IN_FLIGHT = 256
+# At close, how long streams (watch) get to send their last frames.
+STREAM_END_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,10 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        # Draining: still listening, so that clients learn the daemon is stopping (the
+        # handlers refuse new work) instead of finding no socket until it has exited.
+        self.draining = False
+        self._streams: set[asyncio.Task[None]] = set()
 
     def set_access(self, allowed_uids: Iterable[int], allowed_gids: Iterable[int]) -> None:
         """Change who may connect (SIGHUP); connections already open are kept."""
@@ -203,6 +209,10 @@ class ControlServer:
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=2**16)
 
     async def stop_accepting(self) -> None:
+        """The daemon begins to drain: keep answering, say so in every hello."""
+        self.draining = True
+
+    async def _stop_listening(self) -> None:
         if self._server is not None:
             self._server.close()
         if self.owns_path:
@@ -211,7 +221,12 @@ class ControlServer:
                 os.unlink(self.path)
 
     async def close(self) -> None:
-        await self.stop_accepting()
+        self.draining = True
+        await self._stop_listening()
+        if self._streams:
+            # Streams end once the daemon closed its event bus: let their last frames
+            # (the `stopped` event, the reply) go out before the connections close.
+            await asyncio.wait(list(self._streams), timeout=STREAM_END_S)
         for writer in list(self._writers):
             writer.close()
         if self._server is not None:
@@ -240,7 +255,12 @@ class ControlServer:
                 msg = f"protocol version {hello.version} is not supported (this daemon speaks 1)"
                 await _send(writer, Reply(0, error=ErrorBody(ProtocolError.code, msg)).to_wire())
                 return
-            await _send(writer, HelloReply(PROTOCOL_VERSION, f"queuectld {__version__}").to_wire())
+            server = f"queuectld {__version__}"
+            if self.draining:  # the pid lets a client wait for this daemon to exit
+                hello_reply = HelloReply(PROTOCOL_VERSION, server, draining=True, pid=os.getpid())
+            else:
+                hello_reply = HelloReply(PROTOCOL_VERSION, server)
+            await _send(writer, hello_reply.to_wire())
             limit = asyncio.Semaphore(MAX_IN_FLIGHT)
             while True:
                 frame = await _read(reader)
@@ -248,6 +268,9 @@ class ControlServer:
                 task = asyncio.create_task(self._answer(writer, frame, limit))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                if frame.get("op") == "watch":
+                    self._streams.add(task)
+                    task.add_done_callback(self._streams.discard)
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass  # the client went away or stalled
         except ProtocolError as exc:

@@ -14,15 +14,13 @@ step queuectl enqueue '{"id":"job1","command":"echo Job 1 executed"}'
 step queuectl enqueue '{"id":"job2","command":"sleep 2"}'
 step queuectl enqueue '{"id":"job3","command":"not_a_real_command"}'
 step queuectl enqueue '{"id":"job4","command":"echo Final Job done"}'
-step queuectl worker start --count 2 --follow
-# Workers stay up in the daemon; stop them so the retried job waits, as in the seed.
-step queuectl worker stop
+# As in the seed, workers run in the foreground: until the queue is drained (or Ctrl+C).
+step queuectl worker start --count 2 --attach
 step queuectl status
 step queuectl dlq list
 step queuectl dlq retry job3
 step queuectl list --state pending
-step queuectl worker start --count 1 --follow
-step queuectl worker stop
+step queuectl worker start --count 1 --attach
 step cat "$QUEUECTL_HOME/logs/job_job1.txt"
 step queuectl logs job3
 step queuectl metrics

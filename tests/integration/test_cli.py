@@ -108,12 +108,13 @@ def test_enqueue_file_and_generated_ids(daemon: QueueDaemon, tmp_path: Path) -> 
 
 
 def test_logs_and_watch(daemon: QueueDaemon) -> None:
-    assert daemon.cli("watch", "--until-idle").strip().startswith("[INFO] queue drained")
+    # Each watch line starts with its local time.
+    assert re.match(r"\d\d:\d\d:\d\d \[INFO\] queue drained", daemon.cli("watch", "--until-idle"))
     daemon.cli("enqueue", "--id", "w", "--", "printf 'line1\\nline2\\n'")
     assert daemon.cli("logs", "w") == ""  # not run yet: no output, no error
     daemon.cli("worker", "start", "--count", "1")
     out = daemon.cli("watch", "--until-idle", timeout=30)
-    assert out.splitlines()[-1].startswith("[INFO] queue drained")
+    assert re.match(r"\d\d:\d\d:\d\d \[INFO\] queue drained", out.splitlines()[-1])
     logs = daemon.cli("logs", "w")
     assert "line1\nline2\n" in logs and "Exit Code: 0" in logs
 

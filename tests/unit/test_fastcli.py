@@ -1,34 +1,54 @@
-"""The click-free ``queuectl enqueue`` path agrees with queuectl.protocol, client and cli."""
+"""The click-free ``queuectl enqueue`` path: what it parses, and that it stays lean."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from queuectl import client, fastcli, protocol
+import queuectl
+from queuectl import client, fastcli, paths, protocol, wire
 
-
-def test_protocol_facts_agree() -> None:
-    assert fastcli.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
-    assert fastcli.HEADER.format == protocol.HEADER.format
-    assert fastcli.MAX_FRAME_BYTES == protocol.MAX_FRAME_BYTES
-    assert fastcli.SYSTEM_SOCKET == client.SYSTEM_SOCKET
-    hello = protocol.Hello().to_wire()
-    assert hello == {"hello": "queuectl", "version": fastcli.PROTOCOL_VERSION}
-    assert protocol.Op.ENQUEUE.value == "enqueue"
+# Modules the fast path must not load: each costs milliseconds of every `queuectl enqueue`.
+HEAVY = ("re", "typing", "socket", "click", "dataclasses", "pathlib", "queuectl.protocol")
 
 
-@pytest.mark.parametrize("env", [{}, {"QUEUECTL_SOCKET": "/x/s.sock"}, {"QUEUECTL_HOME": "/h"}])
-def test_socket_lookup_agrees(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.delenv("QUEUECTL_SOCKET", raising=False)
-    monkeypatch.delenv("QUEUECTL_HOME", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    assert fastcli._socket_path() == client.resolve_socket(None)[0]
+def test_protocol_reexports_the_wire_format() -> None:
+    assert protocol.pack is wire.pack and protocol.FrameBuffer is wire.FrameBuffer
+    assert protocol.HEADER is wire.HEADER and protocol.unpack is wire.unpack
+    assert protocol.PROTOCOL_VERSION == wire.PROTOCOL_VERSION
+    assert protocol.MAX_FRAME_BYTES == wire.MAX_FRAME_BYTES
+    assert protocol.Hello().to_wire() == wire.hello()
+    assert client.resolve_socket is paths.resolve_socket
+    assert client.SYSTEM_SOCKET == paths.SYSTEM_SOCKET
+
+
+def test_fast_path_imports_no_heavy_module() -> None:
+    # -S: no site, so an editable install's import hook (which loads re, pathlib) stays out.
+    roots = [str(Path(queuectl.__file__).parents[1]), str(Path(msgpack.__file__).parents[1])]
+    # queuectl.render too: the fast `status` renders with it.
+    probe = "import sys, queuectl.fastcli, queuectl.render; m = sorted(sys.modules); print(*m)"
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", probe],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(roots)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    loaded = set(out.split())
+    assert not loaded & set(HEAVY), f"queuectl.fastcli loads {sorted(loaded & set(HEAVY))}"
+
+
+@given(st.text(max_size=20))
+def test_quote_agrees_with_shlex(word: str) -> None:
+    assert fastcli._quote(word) == shlex.quote(word)
 
 
 @pytest.mark.parametrize(
@@ -69,6 +89,10 @@ def test_parsed_forms(args: list[str], spec: dict[str, object] | None, as_json: 
         ['{"command": '],
         ["-n", "true"],
         ["--"],
+        ['{"id":"a","command":"true"}', '{"id":"b","command":"true"}'],
+        ["--max-retries", "1_0", "--", "true"],
+        ["--timeout", "1_0", "--", "true"],
+        ["--timeout", " 1", "--", "true"],
     ],
 )
 def test_everything_else_goes_to_click(args: list[str]) -> None:

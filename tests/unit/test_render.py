@@ -134,6 +134,7 @@ def test_job_detail_shows_the_history() -> None:
     ]
     out = render.job_detail(job(state="processing", history=history, last_error="exit code 1"))
     assert "id:          job1" in out
+    assert "attempts:    1 of 4 allowed; 2 runs recorded, 0 interrupted" in out
     assert "last error:  exit code 1" in out
     assert "0.500s" in out
     assert "running" in out  # the attempt still under way
