@@ -100,6 +100,11 @@ class Daemon:
         self._drain_deadline = 0.0
         self.server: server.ControlServer | None = None
 
+    @property
+    def connections(self) -> int:
+        """Control connections open now."""
+        return self.server.connections if self.server is not None else 0
+
     def request_stop(self) -> None:
         """Begin a graceful drain; a second request stops running jobs at once."""
         self._stop_requests += 1

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from queuectl.protocol import Outcome, pack
+from queuectl.protocol import Outcome
+from queuectl.wire import pack
 
 
 def pack_batch(items: Iterable[Mapping[str, Any]]) -> bytes:

@@ -41,7 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from queuectl.protocol import FrameBuffer, Outcome
+from queuectl.protocol import Outcome
+from queuectl.wire import FrameBuffer
 from queuectld import joblog, procs
 from queuectld.execproto import (
     ExecutorReady,

@@ -2,13 +2,17 @@
 
 Arguments arrive already parsed and validated by :func:`queuectl.protocol.parse_args`;
 a handler raises a :class:`~queuectl.errors.QueuectlError` to refuse a request.
+
+Handlers see the daemon only through :class:`HandlerContext`: the few parts a request
+may use (the store's committer, the event bus, the dispatcher and supervisor, the
+settings, the access policy), not the daemon's own wiring.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -36,7 +40,36 @@ from queuectld.jobs import ACTIVE, Job, NewJob
 from queuectld.store.base import Store
 
 if TYPE_CHECKING:
-    from queuectld.daemon import Daemon
+    from queuectld.access import AccessPolicy
+    from queuectld.committer import Committer
+    from queuectld.config import DaemonConfig
+    from queuectld.dispatcher import Dispatcher
+    from queuectld.events import EventBus
+    from queuectld.supervisor import Supervisor
+
+
+class HandlerContext(Protocol):
+    """What request handlers may use of the daemon."""
+
+    config: DaemonConfig
+    committer: Committer
+    events: EventBus
+    dispatcher: Dispatcher
+    supervisor: Supervisor
+    access: AccessPolicy
+    settings: dict[str, float | int]  # the queue settings (`config set` changes them)
+    draining: bool
+    started_monotonic: float
+
+    @property
+    def connections(self) -> int:
+        """Control connections open now."""
+        ...
+
+    def request_stop(self) -> None:
+        """Begin a graceful drain (as SIGTERM does)."""
+        ...
+
 
 log = structlog.get_logger("queuectld.handlers")
 
@@ -56,16 +89,16 @@ def _new_job(args: EnqueueArgs, now: float) -> NewJob:
     )
 
 
-def _view(d: Daemon, job: Job) -> JobView:
+def _view(d: HandlerContext, job: Job) -> JobView:
     s = d.settings
     return job.view(int(s["max-retries"]), float(s["default-timeout"]))
 
 
-async def ping(d: Daemon, args: NoArgs) -> dict[str, Any]:
+async def ping(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
     return {"pong": True, "version": __version__}
 
 
-async def enqueue(d: Daemon, args: EnqueueArgs) -> JobView:
+async def enqueue(d: HandlerContext, args: EnqueueArgs) -> JobView:
     now = time.time()
     new = _new_job(args, now)
     job = await d.committer.call(lambda s: s.insert_jobs([new], now)[0])
@@ -73,7 +106,7 @@ async def enqueue(d: Daemon, args: EnqueueArgs) -> JobView:
     return _view(d, job)
 
 
-async def enqueue_batch(d: Daemon, args: EnqueueBatchArgs) -> dict[str, Any]:
+async def enqueue_batch(d: HandlerContext, args: EnqueueBatchArgs) -> dict[str, Any]:
     now = time.time()
     news = [_new_job(a, now) for a in args.parsed()]
     jobs = await d.committer.call(lambda s: s.insert_jobs(news, now))
@@ -81,7 +114,7 @@ async def enqueue_batch(d: Daemon, args: EnqueueBatchArgs) -> dict[str, Any]:
     return {"count": len(jobs), "ids": [j.id for j in jobs]}
 
 
-def _enqueued(d: Daemon, jobs: list[Job]) -> None:
+def _enqueued(d: HandlerContext, jobs: list[Job]) -> None:
     now = time.time()
     for job in jobs:
         d.events.publish("enqueued", id=job.id, command=job.command, owner_uid=job.owner_uid)
@@ -94,12 +127,12 @@ def _enqueued(d: Daemon, jobs: list[Job]) -> None:
         log.info("jobs_enqueued", count=len(jobs), uid=server.caller_uid())
 
 
-async def get_job(d: Daemon, args: JobIdArgs) -> JobView:
+async def get_job(d: HandlerContext, args: JobIdArgs) -> JobView:
     job = await d.committer.call(lambda s: s.get_job(args.id, with_history=True))
     return _view(d, d.access.check_job(server.caller(), job, args.id))
 
 
-async def list_jobs(d: Daemon, args: ListArgs) -> dict[str, Any]:
+async def list_jobs(d: HandlerContext, args: ListArgs) -> dict[str, Any]:
     state = JobState(args.state) if args.state else None
     owner = d.access.scope(server.caller())
 
@@ -112,7 +145,7 @@ async def list_jobs(d: Daemon, args: ListArgs) -> dict[str, Any]:
     return {"jobs": [_view(d, j) for j in jobs], "total": total}
 
 
-async def status(d: Daemon, args: NoArgs) -> StatusView:
+async def status(d: HandlerContext, args: NoArgs) -> StatusView:
     owner = d.access.scope(server.caller())
     counts = await d.committer.call(lambda s: s.count_by_state(owner))
     return StatusView(
@@ -123,12 +156,12 @@ async def status(d: Daemon, args: NoArgs) -> StatusView:
     )
 
 
-def _workers(d: Daemon) -> WorkersView:
+def _workers(d: HandlerContext) -> WorkersView:
     sup = d.supervisor
     return WorkersView(desired=sup.desired, running=sup.running, busy=sup.busy)
 
 
-async def metrics(d: Daemon, args: NoArgs) -> dict[str, Any]:
+async def metrics(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
     def read(s: Store) -> tuple[dict[JobState, int], dict[str, float]]:
         return s.count_by_state(), s.attempt_stats()
 
@@ -141,11 +174,11 @@ async def metrics(d: Daemon, args: NoArgs) -> dict[str, Any]:
         "uptime_seconds": time.monotonic() - d.started_monotonic,
         "store_transactions": d.committer.transactions,
         "store_calls": d.committer.calls,
-        "connections": d.server.connections if d.server else 0,
+        "connections": d.connections,
     }
 
 
-async def workers_set(d: Daemon, args: WorkersArgs) -> WorkersView:
+async def workers_set(d: HandlerContext, args: WorkersArgs) -> WorkersView:
     d.access.require_admin(server.caller(), "change the number of workers")
     await d.committer.call(lambda s: s.set_setting(WORKERS_SETTING, str(args.count)))
     log.info("workers_set", desired=args.count, uid=server.caller_uid())
@@ -154,11 +187,11 @@ async def workers_set(d: Daemon, args: WorkersArgs) -> WorkersView:
     return _workers(d)
 
 
-async def workers_stop(d: Daemon, args: NoArgs) -> WorkersView:
+async def workers_stop(d: HandlerContext, args: NoArgs) -> WorkersView:
     return await workers_set(d, WorkersArgs(count=0))
 
 
-async def dlq_retry(d: Daemon, args: JobIdArgs) -> JobView:
+async def dlq_retry(d: HandlerContext, args: JobIdArgs) -> JobView:
     peer = server.caller()
     if d.access.scope(peer) is not None:
         owned = await d.committer.call(lambda s: s.get_job(args.id))
@@ -170,7 +203,7 @@ async def dlq_retry(d: Daemon, args: JobIdArgs) -> JobView:
     return _view(d, job)
 
 
-async def logs(d: Daemon, args: LogsArgs) -> dict[str, Any]:
+async def logs(d: HandlerContext, args: LogsArgs) -> dict[str, Any]:
     job = await d.committer.call(lambda s: s.get_job(args.id))
     d.access.check_job(server.caller(), job, args.id)
     path = joblog.log_path(d.config.log_dir, args.id)
@@ -180,16 +213,16 @@ async def logs(d: Daemon, args: LogsArgs) -> dict[str, Any]:
     return dict(chunk)
 
 
-def _setting_view(d: Daemon, key: str) -> dict[str, Any]:
+def _setting_view(d: HandlerContext, key: str) -> dict[str, Any]:
     setting = QUEUE_SETTINGS[key]
     return {"key": key, "value": d.settings[key], "default": setting.default, "help": setting.help}
 
 
-async def config_get(d: Daemon, args: ConfigKeyArgs) -> dict[str, Any]:
+async def config_get(d: HandlerContext, args: ConfigKeyArgs) -> dict[str, Any]:
     return _setting_view(d, setting_for(args.key).key)
 
 
-async def config_set(d: Daemon, args: ConfigSetArgs) -> dict[str, Any]:
+async def config_set(d: HandlerContext, args: ConfigSetArgs) -> dict[str, Any]:
     setting = setting_for(args.key)
     value = setting.check(args.value)
     d.access.require_admin(server.caller(), "change queue settings")
@@ -200,11 +233,11 @@ async def config_set(d: Daemon, args: ConfigSetArgs) -> dict[str, Any]:
     return _setting_view(d, setting.key)
 
 
-async def config_list(d: Daemon, args: NoArgs) -> list[dict[str, Any]]:
+async def config_list(d: HandlerContext, args: NoArgs) -> list[dict[str, Any]]:
     return [_setting_view(d, key) for key in QUEUE_SETTINGS]
 
 
-async def shutdown(d: Daemon, args: NoArgs) -> dict[str, Any]:
+async def shutdown(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
     d.access.require_admin(server.caller(), "stop the daemon")
     log.info("shutdown_requested", uid=server.caller_uid())
     d.request_stop()
@@ -214,7 +247,7 @@ async def shutdown(d: Daemon, args: NoArgs) -> dict[str, Any]:
 FINISHED_EVENTS = frozenset({"completed", "failed", "dead", "pending"})
 
 
-async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
+async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
     """Job events as they happen; with ``until_idle``, end once nothing is left to run."""
     queue = d.events.subscribe()
     owner = d.access.scope(server.caller())
@@ -259,8 +292,8 @@ async def watch(d: Daemon, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
         d.events.unsubscribe(queue)
 
 
-Handler = Callable[["Daemon", Any], Awaitable[Any]]
-Stream = Callable[["Daemon", Any], AsyncIterator[dict[str, Any]]]
+Handler = Callable[[HandlerContext, Any], Awaitable[Any]]
+Stream = Callable[[HandlerContext, Any], AsyncIterator[dict[str, Any]]]
 
 # What a draining daemon still answers: how it is doing. Everything else is refused,
 # changing nothing; a second `shutdown` too (a script that says it twice must not stop
@@ -268,7 +301,7 @@ Stream = Callable[["Daemon", Any], AsyncIterator[dict[str, Any]]]
 ANSWERED_WHILE_DRAINING = frozenset({Op.PING, Op.STATUS})
 
 
-def _refuse_if_draining(d: Daemon) -> None:
+def _refuse_if_draining(d: HandlerContext) -> None:
     if d.draining:
         busy = _workers(d)["busy"]
         running = f"; {busy} job{'' if busy == 1 else 's'} still running" if busy else ""
@@ -277,7 +310,7 @@ def _refuse_if_draining(d: Daemon) -> None:
 
 
 def _unless_draining(handler: Handler) -> Handler:
-    async def guarded(d: Daemon, args: Any) -> Any:
+    async def guarded(d: HandlerContext, args: Any) -> Any:
         _refuse_if_draining(d)
         return await handler(d, args)
 
@@ -285,7 +318,7 @@ def _unless_draining(handler: Handler) -> Handler:
 
 
 def _stream_unless_draining(stream: Stream) -> Stream:
-    async def guarded(d: Daemon, args: Any) -> AsyncIterator[dict[str, Any]]:
+    async def guarded(d: HandlerContext, args: Any) -> AsyncIterator[dict[str, Any]]:
         _refuse_if_draining(d)
         async for event in stream(d, args):
             yield event

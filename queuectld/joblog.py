@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from queuectl.protocol import LogChunk
+if TYPE_CHECKING:
+    # Executors import this module for every job's log: they need neither.
+    from pathlib import Path
+
+    from queuectl.protocol import LogChunk
 
 
 def log_path(log_dir: str | os.PathLike[str], job_id: str) -> Path:
     """``<log_dir>/job_<id>.txt``; ids are validated at enqueue, so this stays inside log_dir."""
+    from pathlib import Path
+
     return Path(log_dir) / f"job_{job_id}.txt"
 
 
@@ -122,4 +128,4 @@ def read_chunk(path: Path, offset: int, max_bytes: int) -> LogChunk | None:
             data = fh.read(max_bytes)
     except FileNotFoundError:
         return None
-    return LogChunk(path=str(path), data=data, offset=offset, size=size)
+    return {"path": str(path), "data": data, "offset": offset, "size": size}

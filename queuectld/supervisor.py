@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import structlog
 
 from queuectl.errors import ProtocolError
-from queuectl.protocol import FrameBuffer
+from queuectl.wire import FrameBuffer
 from queuectld import procs
 from queuectld.execproto import (
     Cancel,

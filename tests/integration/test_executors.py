@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ def test_a_killed_executor_takes_its_jobs_groups_along_and_they_run_again(
     (executor,) = _executors(daemon)
     for p in pids.iterdir():
         p.unlink()
+    killed_at = time.time()
     os.kill(executor, signal.SIGKILL)
     wait_for(
         lambda: not any(pid_alive(s) for s in shells), timeout=10, what="the job groups to die"
@@ -105,6 +107,12 @@ def test_a_killed_executor_takes_its_jobs_groups_along_and_they_run_again(
         outcomes = [a["outcome"] for a in job["history"]]
         assert outcomes == ["interrupted", "completed"], outcomes
         assert job["history"][0]["finished_at"] > job["history"][0]["started_at"]
+    # Through the CLI too: the interrupted attempt keeps its real start (before the
+    # kill), and lasts until the loss was noticed.
+    shown = daemon.cli_json("show", "j0")
+    first = shown["history"][0]
+    assert first["outcome"] == "interrupted"
+    assert first["started_at"] < killed_at < first["finished_at"]
 
 
 def test_events_of_a_job_come_in_causal_order(daemon: QueueDaemon) -> None:
