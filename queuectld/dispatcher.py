@@ -23,7 +23,6 @@ import asyncio
 import collections
 import contextlib
 import enum
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -101,6 +100,7 @@ class Dispatcher:
         self.supervisor = make_supervisor(
             SupervisorEvents(
                 capacity=self._on_capacity,
+                started=self._on_started,
                 finished=self._on_finished,
                 lost=self._on_lost,
                 revoked=self._on_revoked,
@@ -372,15 +372,17 @@ class Dispatcher:
             uid=uid,
         )
         hung_after = timeout + self.config.kill_grace + self.config.lease_margin
-        executor = self.supervisor.assign(claim, run, hung_after, queued)
-        if executor is None:
+        if self.supervisor.assign(claim, run, hung_after, queued) is None:
             self._ready.appendleft(_Ready(claim, time.monotonic()))
-            return
+
+    # -- what the executors report --------------------------------------------------
+
+    def _on_started(self, claim: Claim, executor: str) -> None:
+        """Announced when the executor says so: a job sent ahead and handed back is
+        announced once, when it really starts, and always after its ``enqueued``."""
+        job = claim.job
         log.debug("job_started", job_id=job.id, attempt=claim.attempt, worker=executor)
-        # Announced on the next loop turn: an enqueue claimed in its own commit is
-        # announced by its handler first, so a job's events come in causal order.
-        announce = functools.partial(
-            self.events.publish,
+        self.events.publish(
             "started",
             id=job.id,
             attempt=claim.attempt,
@@ -388,9 +390,6 @@ class Dispatcher:
             worker=executor,
             owner_uid=job.owner_uid,
         )
-        asyncio.get_running_loop().call_soon(announce)
-
-    # -- what the executors report --------------------------------------------------
 
     def _on_capacity(self) -> None:
         self._slots_changed()

@@ -159,6 +159,7 @@ class SupervisorEvents:
     """What the supervisor tells the dispatcher (all called on the event loop)."""
 
     capacity: Callable[[], None]  # slots became free
+    started: Callable[[Claim, str], None]  # an executor started the job (claim, by)
     finished: Callable[[Claim, JobFinished, str], None]  # an attempt ended (claim, result, by)
     lost: Callable[[Claim, str], None]  # an executor died holding it (with the reason)
     revoked: Callable[[Claim], None]  # handed back unstarted
@@ -441,6 +442,7 @@ class Supervisor:
             if held is not None:
                 held.pgid = int(msg["pgid"])
                 held.deadline = time.monotonic() + held.hung_after
+                self._events.started(held.claim, executor.name)
         elif kind == "revoked":
             job_id = str(msg.get("job_id"))
             executor.revoking.discard(job_id)

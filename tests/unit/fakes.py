@@ -89,6 +89,7 @@ class Recorded:
     def events(self) -> SupervisorEvents:
         return SupervisorEvents(
             capacity=self._capacity,
+            started=lambda c, by: None,
             finished=lambda c, r, by: self.finished.append((c.job.id, r.outcome, by)),
             lost=lambda c, reason: self.lost.append((c.job.id, reason)),
             revoked=lambda c: self.revoked.append(c.job.id),
