@@ -389,6 +389,9 @@ def test_client_hanging_up_mid_request_leaves_the_daemon_consistent(
     filler.join()
     assert batch_done.is_set()
     with daemon.client() as c:
+        # The store thread runs calls in order: once a later write is answered, the
+        # config_set queued before it has been committed and its handler has resumed.
+        c.enqueue("true", id="barrier")
         live = c.config_get("max-retries")["value"]
     daemon.stop()
     daemon.start()
