@@ -96,7 +96,8 @@ class Recorder:
             outcome=outcome.value,
             exit_code=exit_code,
             error=error,
-            job_error=step.reason or error,
+            # The DLQ reason keeps the cause: "timed out after 1s; failed once; no retries…"
+            job_error=f"{error}; {step.reason}" if error and step.reason else step.reason or error,
             started_at=started_at,
             finished_at=finished_at,
             next_state=step.state,

@@ -67,7 +67,8 @@ def next_step(
         return NextStep(JobState.PENDING, attempts, interruptions, now, None)
     attempts += 1
     if attempts > max_retries:
-        reason = f"failed {attempts} times; no retries left (max_retries={max_retries})"
+        times = "once" if attempts == 1 else f"{attempts} times"
+        reason = f"failed {times}; no retries left (max_retries={max_retries})"
         return NextStep(JobState.DEAD, attempts, interruptions, now, reason)
     delay = backoff_delay(policy.backoff_base, attempts, policy.backoff_max)
     return NextStep(JobState.FAILED, attempts, interruptions, now + delay, None)

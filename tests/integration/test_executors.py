@@ -71,7 +71,10 @@ def test_a_timeout_among_many_jobs_of_one_executor_leaves_the_others_alone(
         for i in range(5):
             c.enqueue(f"sleep 3; echo ok{i}", id=f"ok{i}", timeout=60)
         c.set_workers(6)
-    assert daemon.wait_for_state("slow", "dead", timeout=30)["history"][0]["outcome"] == "timeout"
+    slow = daemon.wait_for_state("slow", "dead", timeout=30)
+    assert slow["history"][0]["outcome"] == "timeout"
+    # The DLQ reason keeps the cause, not only the count (issue 14).
+    assert "timed out after 1s" in slow["last_error"] and "failed once" in slow["last_error"]
     for i in range(5):
         job = daemon.wait_for_state(f"ok{i}", "completed", "dead", "failed", timeout=30)
         assert job["state"] == "completed", job
