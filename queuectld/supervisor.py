@@ -303,11 +303,7 @@ class Supervisor:
     def revoke_queued(self, count: int) -> None:
         """Ask for up to ``count`` jobs waiting for a slot back (slots are free elsewhere)."""
         for executor in self.executors.values():
-            wanted = [
-                job_id
-                for job_id, h in executor.held.items()
-                if h.queued and h.pgid is None and job_id not in executor.revoking
-            ][:count]
+            wanted = _waiting(executor)[:count]
             if wanted:
                 executor.revoking.update(wanted)
                 self._send(executor, Revoke(wanted).to_wire())
@@ -321,11 +317,7 @@ class Supervisor:
             self._revoke_queued(executor)
 
     def _revoke_queued(self, executor: Executor) -> None:
-        wanted = [
-            job_id
-            for job_id, h in executor.held.items()
-            if h.queued and h.pgid is None and job_id not in executor.revoking
-        ]
+        wanted = _waiting(executor)
         if wanted:
             executor.revoking.update(wanted)
             self._send(executor, Revoke(wanted).to_wire())
@@ -510,6 +502,15 @@ class Supervisor:
     def _respawn_due(self) -> None:
         self._respawn_timer = None
         asyncio.get_running_loop().create_task(self._reconcile())
+
+
+def _waiting(executor: Executor) -> list[str]:
+    """Jobs sent to wait for a slot, not started, not already asked back."""
+    return [
+        job_id
+        for job_id, h in executor.held.items()
+        if h.queued and h.pgid is None and job_id not in executor.revoking
+    ]
 
 
 def default_executors(configured: int) -> int:
