@@ -192,6 +192,7 @@ class Attempt:
     """One running attempt of a job."""
 
     run: RunJob
+    handle: procs.JobHandle  # kept until the attempt ends (reaps the shell)
     pid: int
     pidfd: int | None
     started_at: float
@@ -381,6 +382,7 @@ class Executor:
         tmp_dir = os.path.dirname(run.log_path) or "."
         attempt = Attempt(
             run=run,
+            handle=proc,
             pid=proc.pid,
             pidfd=procs.open_pidfd(proc.pid),
             started_at=started,
@@ -434,14 +436,12 @@ class Executor:
             self.at(0.05, lambda: self._poll_exit(attempt))
 
     def _reap(self, attempt: Attempt) -> bool:
-        try:
-            pid, status = os.waitpid(attempt.pid, os.WNOHANG)
-        except ChildProcessError:
-            attempt.returncode = 0
-            return True
-        if pid == 0:
+        # Through the handle that started it: a Popen (a job run as another user) must
+        # reap its own child, or its clean-up could reap it first and lose the status.
+        code = attempt.handle.poll()
+        if code is None:
             return False
-        attempt.returncode = os.waitstatus_to_exitcode(status)
+        attempt.returncode = code
         return True
 
     def _on_exit(self, attempt: Attempt) -> None:
