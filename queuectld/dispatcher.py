@@ -37,7 +37,7 @@ from queuectld.config import DaemonConfig, QueueSettings
 from queuectld.events import EventBus
 from queuectld.execproto import JobFinished, RunJob
 from queuectld.jobs import Claim
-from queuectld.recorder import PendingOutcome, Recorder
+from queuectld.recorder import Recorder
 from queuectld.recovery import rescue_expired_leases
 from queuectld.store.base import Store
 from queuectld.supervisor import Supervisor, SupervisorEvents
@@ -432,12 +432,6 @@ class Dispatcher:
     def _on_lost(self, claim: Claim, reason: str) -> None:
         """An executor died holding the job: it goes back to the queue, interrupted."""
         self.recorder.pending.append(self.recorder.interrupted(claim, reason))
-        self._flush_due = True
-        self.wake()
-
-    def add_outcome(self, o: PendingOutcome) -> None:
-        """Record ``o`` with the next cycle."""
-        self.recorder.pending.append(o)
         self._flush_due = True
         self.wake()
 

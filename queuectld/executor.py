@@ -9,12 +9,9 @@ One thread, one ``epoll`` loop, no blocking wait per job:
 
 * a job's exit is noticed through its pidfd; its timeout and the grace period between
   SIGTERM and SIGKILL are entries in one timer heap;
-* its stdout and stderr go through pipes that are *spliced* into a private unlinked
-  file (no Python per byte); the first half of ``log_max_bytes`` is kept, and the
-  last half as a ring, so a job that prints a gigabyte costs neither memory nor disk
-  and its log keeps both ends, with a marker of what was cut;
-* when the attempt is over, its block is appended to ``job_<id>.txt`` in the seed's
-  format (the file ranges copied with ``copy_file_range``);
+* its stdout and stderr are kept by :mod:`queuectld.capture` (spliced from their
+  pipes, both ends of a long output) and written as its block in ``job_<id>.txt``
+  when the attempt is over;
 * everything noticed in one turn of the loop goes back to the daemon in one frame.
 
 If the daemon goes away (stdin closes), every job's group is killed at once (the
@@ -25,17 +22,12 @@ executor exits. SIGTERM interrupts every job, reports them, and exits.
 from __future__ import annotations
 
 import collections
-import errno
-import fcntl
 import heapq
-import itertools
 import math
 import os
 import selectors
 import signal
-import struct
 import sys
-import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +35,8 @@ from typing import Any
 
 from queuectl.protocol import Outcome
 from queuectl.wire import FrameBuffer
-from queuectld import joblog, procs
+from queuectld import procs
+from queuectld.capture import READ_CHUNK, Capture, write_log
 from queuectld.execproto import (
     ExecutorReady,
     JobFinished,
@@ -54,137 +47,20 @@ from queuectld.execproto import (
     pack_batch,
 )
 
-READ_CHUNK = 65536
 # After a job's shell exits and its group is killed, how long to wait for its pipes to
 # close (a process that left the group may hold them open).
 PIPE_DRAIN_S = 1.0
-# Log blocks whose kept output is at most this big are assembled in memory and written
-# at once; bigger ones are copied file to file by the kernel.
-SMALL_BLOCK = 64 * 1024
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 2) | getattr(os, "SPLICE_F_MOVE", 1)
 
 
-class Capture:
-    """One output stream of a job, moved from its pipe into a private file by the kernel.
+@dataclass(eq=False)
+class Timer:
+    """An action due at a monotonic time; a cancelled one keeps nothing alive."""
 
-    The first ``head`` bytes are kept in order; later bytes go round a ring of ``tail``
-    bytes, so the file never holds more than ``head + tail`` and keeps the end too.
-    """
+    when: float
+    action: Callable[[], None] | None
 
-    splice_ok = True
-
-    def __init__(self, pipe: int, limit: int, tmp_dir: str) -> None:
-        self.pipe = pipe
-        self.head = limit - limit // 2
-        self.tail = limit // 2
-        self.tmp_dir = tmp_dir
-        self.file: int | None = None
-        self.total = 0  # bytes the job wrote to the stream
-        self.open = True
-
-    def pump(self) -> bool:
-        """Move what the pipe holds into the file; False once the pipe reached EOF.
-
-        Call it when the pipe is readable. The file is made only when there are bytes
-        to keep: most short jobs print nothing, and making a file costs an inode.
-        """
-        if self.file is None:
-            if not _bytes_waiting(self.pipe):
-                return False  # readable with nothing in it: EOF
-            self.file = _private_file(self.tmp_dir)
-        while True:
-            if self.total < self.head:
-                offset, room = self.total, self.head - self.total
-            else:
-                pos = (self.total - self.head) % self.tail
-                offset, room = self.head + pos, self.tail - pos
-            count = min(room, READ_CHUNK)
-            try:
-                if self.splice_ok:
-                    moved = os.splice(
-                        self.pipe, self.file, count, offset_dst=offset, flags=_SPLICE_FLAGS
-                    )
-                else:
-                    moved = self._copy(offset, count)
-            except BlockingIOError:
-                return True
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or not self.splice_ok:
-                    raise
-                Capture.splice_ok = False  # this kernel or file system cannot splice
-                continue
-            if moved == 0:
-                return False
-            self.total += moved
-
-    def _copy(self, offset: int, count: int) -> int:
-        data = os.read(self.pipe, count)
-        assert self.file is not None
-        os.pwrite(self.file, data, offset)
-        return len(data)
-
-    @property
-    def dropped(self) -> int:
-        return max(0, self.total - self.head - self.tail)
-
-    def pieces(self) -> list[bytes | tuple[int, int, int]]:
-        """The kept output in order: bytes, or ``(fd, offset, length)`` file ranges."""
-        if self.file is None or self.total == 0:
-            return []
-        if not self.dropped:
-            return [(self.file, 0, self.total)]
-        start = self.head + (self.total - self.head) % self.tail
-        end = self.head + self.tail
-        marker = f"[... output truncated: {self.dropped} more bytes not kept ...]\n".encode()
-        head_nl = b"" if self._byte_at(self.head - 1) == b"\n" else b"\n"
-        return [
-            (self.file, 0, self.head),
-            head_nl + marker,
-            (self.file, start, end - start),
-            (self.file, self.head, start - self.head),
-        ]
-
-    def last_byte(self) -> bytes:
-        if self.file is None or self.total == 0:
-            return b""
-        if self.total <= self.head + self.tail:
-            return self._byte_at(self.total - 1)
-        pos = self.head + (self.total - self.head - 1) % self.tail
-        return self._byte_at(pos)
-
-    def _byte_at(self, offset: int) -> bytes:
-        assert self.file is not None
-        return os.pread(self.file, 1, offset)
-
-    def close(self) -> None:
-        if self.open:
-            os.close(self.pipe)
-            self.open = False
-
-    def release(self) -> None:
-        self.close()
-        if self.file is not None:
-            os.close(self.file)
-            self.file = None
-
-
-def _bytes_waiting(pipe: int) -> int:
-    """How many bytes a pipe holds (FIONREAD)."""
-    return struct.unpack("i", fcntl.ioctl(pipe, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
-
-
-def _private_file(directory: str) -> int:
-    """An unlinked read-write file, on the log directory's file system when possible."""
-    for where in (directory, "/tmp"):
-        try:
-            return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        except (OSError, AttributeError):
-            continue
-    import tempfile
-
-    fd, path = tempfile.mkstemp(prefix="queuectl-out-")
-    os.unlink(path)
-    return fd
+    def __lt__(self, other: Timer) -> bool:
+        return self.when < other.when
 
 
 @dataclass(eq=False)
@@ -193,7 +69,6 @@ class Attempt:
 
     run: RunJob
     handle: procs.JobHandle  # kept until the attempt ends (reaps the shell)
-    pid: int
     pidfd: int | None
     started_at: float
     out: Capture
@@ -203,6 +78,12 @@ class Attempt:
     stopping: bool = False  # SIGTERM sent, SIGKILL due at the grace period's end
     returncode: int | None = None
     extra: list[str] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)  # cancelled when it ends
+
+    @property
+    def pid(self) -> int:
+        """The shell's pid, which is also its process group id."""
+        return self.handle.pid
 
     @property
     def done(self) -> bool:
@@ -243,8 +124,8 @@ class Executor:
         self.waiting: collections.deque[RunJob] = collections.deque()
         self.running: dict[str, Attempt] = {}
         self.outbox: list[dict[str, Any]] = []
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
+        self._timers: list[Timer] = []
+        self._cancelled = 0  # cancelled timers still in the heap
         self.retiring = False
         self.closed = False  # the daemon is gone
         self.terminated = False
@@ -267,21 +148,41 @@ class Executor:
             for key, _ in self.sel.select(None if delay == math.inf else delay):
                 key.data()
 
-    def at(self, delay: float, action: Callable[[], None]) -> None:
+    def at(self, delay: float, action: Callable[[], None]) -> Timer:
         """Run ``action`` after ``delay`` seconds (from the loop)."""
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), action))
+        timer = Timer(time.monotonic() + delay, action)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def cancel(self, timers: list[Timer]) -> None:
+        """Drop timers that are no longer wanted (a job's timeout once it has ended).
+
+        A job's timeout can be days away: without this, every short job would leave an
+        entry in the heap until then. The heap is compacted when most of it is dead.
+        """
+        for timer in timers:
+            if timer.action is not None:
+                timer.action = None
+                self._cancelled += 1
+        if self._cancelled > 256 and self._cancelled * 2 > len(self._timers):
+            self._timers = [t for t in self._timers if t.action is not None]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
 
     def _fire_timers(self) -> None:
         """Run the timers that are due."""
-        while self._timers and self._timers[0][0] <= time.monotonic():
-            _, _, action = heapq.heappop(self._timers)
-            action()
+        while self._timers and self._timers[0].when <= time.monotonic():
+            action = heapq.heappop(self._timers).action
+            if action is None:
+                self._cancelled -= 1
+            else:
+                action()
 
     def _next_timer(self) -> float:
         """Seconds until the next timer (infinity when there is none)."""
         if not self._timers:
             return math.inf
-        return max(0.0, self._timers[0][0] - time.monotonic())
+        return max(0.0, self._timers[0].when - time.monotonic())
 
     def _flush(self) -> None:
         if not self.outbox or self.closed:
@@ -383,7 +284,6 @@ class Executor:
         attempt = Attempt(
             run=run,
             handle=proc,
-            pid=proc.pid,
             pidfd=procs.open_pidfd(proc.pid),
             started_at=started,
             out=Capture(out_r, run.log_max_bytes, tmp_dir),
@@ -398,7 +298,7 @@ class Executor:
             self.sel.register(attempt.pidfd, read, lambda: self._on_exit(attempt))
         else:
             self._poll_exit(attempt)
-        self.at(run.timeout, lambda: self._on_timeout(attempt))
+        attempt.timers.append(self.at(run.timeout, lambda: self._on_timeout(attempt)))
 
     def _spawn(self, run: RunJob, out_w: int, err_w: int, env: dict[str, str]) -> procs.JobHandle:
         # Every time, even for the same path: the directory may have been replaced.
@@ -414,10 +314,8 @@ class Executor:
 
     def _report_unstarted(self, run: RunJob, started: float, error: str) -> None:
         finished = time.time()
-        block = _header(run, started, finished, None, Outcome.ERROR, error)
-        block += b"--- STDERR ---\n\n"
         try:
-            joblog.append(run.log_path, block, owner_uid=run.uid)
+            write_log(run, started, finished, None, Outcome.ERROR, error, ())
         except OSError:
             pass
         self.outbox.append(
@@ -433,7 +331,7 @@ class Executor:
         if self._reap(attempt):
             self._exited(attempt)
         else:
-            self.at(0.05, lambda: self._poll_exit(attempt))
+            attempt.timers.append(self.at(0.05, lambda: self._poll_exit(attempt)))
 
     def _reap(self, attempt: Attempt) -> bool:
         # Through the handle that started it: a Popen (a job run as another user) must
@@ -460,7 +358,7 @@ class Executor:
         if attempt.done:
             self._finish(attempt)
         else:
-            self.at(PIPE_DRAIN_S, lambda: self._give_up_pipes(attempt))
+            attempt.timers.append(self.at(PIPE_DRAIN_S, lambda: self._give_up_pipes(attempt)))
 
     def _on_output(self, attempt: Attempt, capture: Capture) -> None:
         if not capture.open:
@@ -478,8 +376,6 @@ class Executor:
 
     def _give_up_pipes(self, attempt: Attempt) -> None:
         """A process that left the job's group still holds its output: stop waiting."""
-        if attempt.run.job_id not in self.running or attempt.done:
-            return
         for capture in (attempt.out, attempt.err):
             if capture.open:
                 self.sel.unregister(capture.pipe)
@@ -503,11 +399,12 @@ class Executor:
             if attempt.returncode is None:
                 procs.signal_group(attempt.pid, signal.SIGKILL)
 
-        self.at(attempt.run.kill_grace, kill)
+        attempt.timers.append(self.at(attempt.run.kill_grace, kill))
 
     def _finish(self, attempt: Attempt) -> None:
         run = attempt.run
         self.running.pop(run.job_id, None)
+        self.cancel(attempt.timers)
         assert attempt.returncode is not None
         finished = time.time()
         outcome, error = classify(
@@ -515,7 +412,8 @@ class Executor:
         )
         exit_code = attempt.returncode if attempt.returncode >= 0 else None
         try:
-            _write_log(attempt, finished, exit_code, outcome, error)
+            captures = (attempt.out, attempt.err)
+            write_log(run, attempt.started_at, finished, exit_code, outcome, error, captures)
         except OSError as exc:
             attempt.extra.append(f"job log not written: {exc.strerror}")
         finally:
@@ -537,59 +435,6 @@ class Executor:
 
 class _StartError(Exception):
     pass
-
-
-def _header(
-    run: RunJob,
-    started: float,
-    finished: float,
-    exit_code: int | None,
-    outcome: Outcome,
-    error: str | None,
-) -> bytes:
-    return joblog.format_header(
-        job_id=run.job_id,
-        attempt=run.attempt,
-        command=run.command,
-        started_at=started,
-        finished_at=finished,
-        exit_code=exit_code,
-        outcome=outcome.value,
-        error=error,
-    )
-
-
-def _write_log(
-    attempt: Attempt,
-    finished: float,
-    exit_code: int | None,
-    outcome: Outcome,
-    error: str | None,
-) -> None:
-    """Append the attempt's block: header, stdout and stderr (both ends if cut)."""
-    run = attempt.run
-    pieces: list[bytes | tuple[int, int, int]] = [
-        _header(run, attempt.started_at, finished, exit_code, outcome, error)
-    ]
-    for capture, title in ((attempt.out, None), (attempt.err, b"--- STDERR ---\n")):
-        if title is not None:
-            pieces.append(title)
-        pieces += capture.pieces()
-        if capture.total and capture.last_byte() != b"\n":
-            pieces.append(b"\n")
-    pieces.append(b"\n")
-    kept = sum(len(p) if isinstance(p, bytes) else p[2] for p in pieces)
-    if kept <= SMALL_BLOCK:
-        joblog.append(run.log_path, b"".join(_materialize(p) for p in pieces), run.uid)
-    else:
-        joblog.append_pieces(run.log_path, pieces, run.uid)
-
-
-def _materialize(piece: bytes | tuple[int, int, int]) -> bytes:
-    if isinstance(piece, bytes):
-        return piece
-    fd, offset, length = piece
-    return os.pread(fd, length, offset) if length else b""
 
 
 def main() -> int:

@@ -62,10 +62,7 @@ def append(path: str | os.PathLike[str], block: bytes, owner_uid: int | None = N
     try:
         if owner_uid is not None:
             os.fchown(fd, owner_uid, -1)
-        view = memoryview(block)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, block)
     finally:
         os.close(fd)
 
