@@ -11,13 +11,14 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 
-from queuectl import render
+from queuectl import render, timespec
 from queuectl.client import Client
 from queuectl.errors import (
     EXIT_INTERRUPTED,
@@ -32,10 +33,14 @@ from queuectl.protocol import (
     MAX_BATCH_JOBS,
     MAX_COMMAND_BYTES,
     MAX_LIST_LIMIT,
+    MAX_PRIORITY,
     MAX_RETRIES_LIMIT,
     MAX_TIMEOUT_S,
     MAX_WORKERS,
+    MIN_PRIORITY,
     JobState,
+    SortKey,
+    plain_number,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +55,7 @@ SETTINGS_HELP = {
     "max-retries": ("3", "retries after the first failure before the DLQ"),
     "backoff-base": ("2.0", "a retry waits backoff-base ** attempts seconds"),
     "backoff-max": ("3600.0", "the longest wait between retries, in seconds"),
+    "jitter": ("0.0", "each retry delay varies by up to this fraction of itself"),
     "default-timeout": ("10.0", "seconds a job may run unless it sets its own timeout"),
     "max-interruptions": ("5", "crashes/drains a job may suffer before it is dead"),
 }
@@ -75,6 +81,54 @@ class Number(click.FloatRange):
             if not (digits.isascii() and digits.isdigit()):
                 self.fail(f"{value!r} is not a number such as 30 or 2.5", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """``30``, ``30s``, ``5m``, ``2h``, ``1d``: seconds (plain numbers are seconds)."""
+
+    name = "duration"
+
+    def __init__(self, high: float) -> None:
+        self.high = high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = timespec.parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds > self.high:
+            self.fail(f"{value!r} is longer than {plain_number(self.high)} seconds", param, ctx)
+        return seconds
+
+
+class PointInTime(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """An ISO 8601 time (local when it names no offset), as Unix time."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        try:
+            return timespec.parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class EnvPair(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """``KEY=VALUE`` for the job's environment."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        name, sep, text = str(value).partition("=")
+        if not sep or not name:
+            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
+        return name, text
 
 
 class Context:
@@ -160,7 +214,51 @@ class _EnqueueCommand(click.Command):
     f"{float(SETTINGS_HELP['default-timeout'][0]):g}]",
 )
 @click.option(
-    "--delay", type=Number(0, MAX_TIMEOUT_S * 52), help="seconds to wait before the first run"
+    "--delay",
+    type=Duration(MAX_TIMEOUT_S * 52),
+    help="wait this long before the first run: 30 (seconds), 30s, 5m, 2h, 1d",
+)
+@click.option(
+    "--run-at",
+    type=PointInTime(),
+    help="first run at this ISO 8601 time (2026-12-01T09:00:00Z; no offset: local time)",
+)
+@click.option(
+    "--priority",
+    type=Int(MIN_PRIORITY, MAX_PRIORITY),
+    help=f"higher runs first ({MIN_PRIORITY} to {MAX_PRIORITY}) [default: 0]",
+)
+@click.option("--queue", "-q", "queue", help="the named queue to put it in [default: default]")
+@click.option(
+    "--unique-key",
+    help="while a job with this key is unfinished, return it instead of adding another",
+)
+@click.option(
+    "--env",
+    "env",
+    type=EnvPair(),
+    multiple=True,
+    help="set a variable in the job's environment (repeatable)",
+)
+@click.option(
+    "--cwd",
+    type=click.Path(file_okay=False),
+    help="directory the job runs in [default: the current directory]",
+)
+@click.option(
+    "--backoff-base",
+    type=Number(1, 60),
+    help="a retry waits backoff-base ** attempts seconds [default: the queue's setting]",
+)
+@click.option(
+    "--backoff-max",
+    type=Duration(MAX_TIMEOUT_S),
+    help="the longest wait between retries [default: the queue's setting]",
+)
+@click.option(
+    "--jitter",
+    type=Number(0, 1),
+    help="vary each retry delay by up to this fraction [default: the queue's setting]",
 )
 @click.option(
     "--not-idempotent",
@@ -183,6 +281,15 @@ def enqueue(
     max_retries: int | None,
     timeout: float | None,
     delay: float | None,
+    run_at: float | None,
+    priority: int | None,
+    queue: str | None,
+    unique_key: str | None,
+    env: tuple[tuple[str, str], ...],
+    cwd: str | None,
+    backoff_base: float | None,
+    backoff_max: float | None,
+    jitter: float | None,
     not_idempotent: bool,
     from_file: Any,
     as_json: bool,
@@ -194,11 +301,19 @@ def enqueue(
       queuectl enqueue '{"id":"job1","command":"echo Hello"}'
       queuectl enqueue '{"id":"a","command":"true"}' '{"id":"b","command":"true"}'
       queuectl enqueue --id job2 --timeout 30 -- sleep 2
+      queuectl enqueue --queue mail --priority 10 --delay 5m -- ./send-digest
 
-    A command runs as `sh -c COMMAND` in the current directory; it may be up to
-    {limit} KiB of UTF-8. Several words after `--` are joined as the shell reads them.
+    A command runs as `sh -c COMMAND` in the current directory (or --cwd); it may be up
+    to {limit} KiB of UTF-8. Several words after `--` are joined as the shell reads them.
     """
-    cwd = os.getcwd()
+    if delay is not None and run_at is not None:
+        raise click.UsageError("give either --delay or --run-at, not both")
+    if cwd is not None:
+        cwd = os.path.abspath(cwd)
+        if not os.path.isdir(cwd):
+            raise click.BadParameter(f"{cwd} is not a directory", param_hint="'--cwd'")
+    else:
+        cwd = os.getcwd()
     if from_file is not None:
         if command:
             raise click.UsageError("give either --file or a job, not both")
@@ -223,10 +338,11 @@ def enqueue(
     after_dashes = click.get_current_context().meta.get("queuectl.after_dashes", False)
     if not after_dashes and command[0].lstrip().startswith("{"):
         # JSON jobs, never a shell command: each argument must be one JSON object.
-        flags = (job_id, max_retries, timeout, delay)
-        if any(v is not None for v in flags) or not_idempotent:
+        flags: tuple[Any, ...] = (job_id, max_retries, timeout, delay, run_at, priority, queue)
+        flags += (unique_key, backoff_base, backoff_max, jitter)
+        if any(v is not None for v in flags) or not_idempotent or env:
             raise click.UsageError(
-                "put id, max_retries, timeout, delay and idempotent inside the JSON job"
+                "put the job's options (id, priority, queue, delay, env...) inside the JSON job"
             )
         if len(command) > MAX_BATCH_JOBS:
             raise click.UsageError(f"give at most {MAX_BATCH_JOBS} JSON jobs (or use --file)")
@@ -245,20 +361,27 @@ def enqueue(
         spec = _parse_json_job(command[0], "the job")
     else:
         spec = {"command": command[0] if len(command) == 1 else shlex.join(command)}
-        for key, value in (
+        options: tuple[tuple[str, Any], ...] = (
             ("id", job_id),
             ("max_retries", max_retries),
             ("timeout", timeout),
             ("delay", delay),
-        ):
-            if value is not None:
-                spec[key] = value
+            ("run_at", run_at),
+            ("priority", priority),
+            ("queue", queue),
+            ("unique_key", unique_key),
+            ("env", dict(env) if env else None),
+            ("backoff_base", backoff_base),
+            ("backoff_max", backoff_max),
+            ("jitter", jitter),
+        )
+        spec.update((key, value) for key, value in options if value is not None)
         if not_idempotent:
             spec["idempotent"] = False
     spec.setdefault("cwd", cwd)
     with c.client() as client:
         job = client.enqueue_spec(spec)
-    emit(job, as_json, lambda j: f"enqueued job {j['id']}: {j['command']}")
+    emit(job, as_json, render.enqueued)
 
 
 enqueue.help = (enqueue.help or "").replace("{limit}", str(MAX_COMMAND_BYTES // 1024))
@@ -393,40 +516,40 @@ def status(c: Context, as_json: bool) -> None:
 
 @cli.command("list")
 @click.option("--state", type=click.Choice(STATES), help="only jobs in this state")
+@click.option("--queue", "-q", "queue", help="only jobs of this queue")
+@click.option("--since", type=Duration(2**40), help="only jobs enqueued in the last 30m, 1h, 2d...")
 @click.option("--limit", type=Int(1, MAX_LIST_LIMIT), default=100, show_default=True)
 @click.option("--offset", type=Int(0, MAX_OFFSET), default=0)
-@click.option("--newest", is_flag=True, help="newest first (--offset counts from the newest)")
+@click.option(
+    "--sort",
+    type=click.Choice([k.value for k in SortKey]),
+    default=SortKey.OLDEST.value,
+    show_default=True,
+    help="priority: the order the workers take them in; run_at: by due time",
+)
+@click.option("--newest", is_flag=True, help="newest first (the same as --sort newest)")
 @wide_option
 @json_option
 @pass_ctx
 def list_cmd(
     c: Context,
     state: str | None,
+    queue: str | None,
+    since: float | None,
     limit: int,
     offset: int,
+    sort: str,
     newest: bool,
     wide: bool,
     as_json: bool,
 ) -> None:
     """List jobs, oldest first (times are local; the zone is in the header)."""
+    if newest:
+        sort = SortKey.NEWEST.value
+    after = None if since is None else time.time() - since
     with c.client() as client:
-        if newest:
-            jobs, total = _newest_first(client, state, limit, offset)
-        else:
-            jobs, total = client.list_jobs(state, limit, offset)
+        jobs, total = client.list_jobs(state, limit, offset, queue=queue, since=after, sort=sort)
     emit(jobs, as_json, lambda js: render.jobs(js, total, table_width(wide)))
-
-
-def _newest_first(
-    client: Client, state: str | None, limit: int, offset: int
-) -> tuple[list[Any], int]:
-    """The page ``offset``..``offset+limit`` counted from the newest job, newest first."""
-    _, total = client.list_jobs(state, 1, 0)  # how many there are
-    count = min(limit, total - offset)
-    if count <= 0:
-        return [], total
-    jobs, total = client.list_jobs(state, count, total - offset - count)
-    return jobs[::-1], total
 
 
 @cli.command()
@@ -438,6 +561,139 @@ def show(c: Context, job_id: str, wide: bool, as_json: bool) -> None:
     """One job with its attempts history."""
     with c.client() as client:
         emit(client.get_job(job_id), as_json, lambda j: render.job_detail(j, table_width(wide)))
+
+
+def _job_ids_argument(f: F) -> F:
+    return click.argument("job_ids", nargs=-1, required=True, metavar="JOB_ID...")(f)
+
+
+@cli.command()
+@_job_ids_argument
+@json_option
+@pass_ctx
+def cancel(c: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel jobs that have not started (pending, waiting, failed and waiting for a retry).
+
+    They end `cancelled`; all the jobs named are cancelled, or none is. A running job is
+    stopped with `queuectl kill`.
+    """
+    with c.client() as client:
+        jobs = client.cancel(*job_ids)
+    emit(jobs, as_json, lambda js: "\n".join(f"cancelled job {j['id']}" for j in js))
+
+
+@cli.command()
+@_job_ids_argument
+@click.option(
+    "--signal",
+    "signal_name",
+    default="TERM",
+    show_default=True,
+    help="the signal sent to the job's process group first (SIGKILL follows after the "
+    "daemon's kill_grace)",
+)
+@click.option(
+    "--retry",
+    is_flag=True,
+    help="count the killed attempt as a failure, so the job follows its retry policy "
+    "(default: the job ends cancelled)",
+)
+@json_option
+@pass_ctx
+def kill(
+    c: Context, job_ids: tuple[str, ...], signal_name: str, retry: bool, as_json: bool
+) -> None:
+    """Stop running jobs: SIGTERM (or --signal) to the whole process group, then SIGKILL.
+
+    The attempt is recorded as `killed` and the job ends `cancelled`. Use `queuectl wait`
+    to wait for the job to end.
+    """
+    with c.client() as client:
+        ids = client.kill(*job_ids, signal=signal_name, retry=retry)
+    emit(
+        {"killing": ids, "signal": signal_name},
+        as_json,
+        lambda r: "\n".join(
+            f"sent SIG{signal_name.upper().removeprefix('SIG')} to job {i}" for i in r["killing"]
+        ),
+    )
+
+
+@cli.command()
+@_job_ids_argument
+@json_option
+@pass_ctx
+def retry(c: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Run finished jobs (completed, dead, cancelled) again, keeping their history."""
+    with c.client() as client:
+        jobs = client.retry(*job_ids)
+    emit(jobs, as_json, lambda js: "\n".join(f"job {j['id']} is pending again" for j in js))
+
+
+# -- named queues ----------------------------------------------------------------
+
+
+@cli.group()
+def queue() -> None:
+    """Named queues: their jobs, limits and pauses."""
+
+
+@queue.command("list")
+@json_option
+@pass_ctx
+def queue_list(c: Context, as_json: bool) -> None:
+    """Every queue: pending, waiting, running and dead jobs, limits, paused or not."""
+    with c.client() as client:
+        emit(client.queues(), as_json, render.queues)
+
+
+@queue.command("set")
+@click.argument("name")
+@click.option(
+    "--concurrency",
+    type=Int(0, MAX_WORKERS * 1000),
+    help="at most this many of its jobs run at once (0: no limit)",
+)
+@click.option(
+    "--rate",
+    help="at most this many of its jobs start per second, minute or hour: 10/s, 30/m, "
+    "100/h ('none': no limit)",
+)
+@json_option
+@pass_ctx
+def queue_set(
+    c: Context, name: str, concurrency: int | None, rate: str | None, as_json: bool
+) -> None:
+    """Set a queue's limits; they persist and apply at once."""
+    if concurrency is None and rate is None:
+        raise click.UsageError("give --concurrency, --rate or both")
+    if rate is not None and rate.strip().lower() in ("none", "off", "0", ""):
+        rate = ""
+    with c.client() as client:
+        view = client.set_queue(name, concurrency=concurrency, rate=rate)
+    emit(view, as_json, lambda q: render.queues([q]))
+
+
+@queue.command("pause")
+@click.argument("name")
+@json_option
+@pass_ctx
+def queue_pause(c: Context, name: str, as_json: bool) -> None:
+    """Start nothing more from the queue; its running jobs finish, other queues go on."""
+    with c.client() as client:
+        view = client.pause_queue(name)
+    emit(view, as_json, lambda q: f"queue {q['name']} paused")
+
+
+@queue.command("resume")
+@click.argument("name")
+@json_option
+@pass_ctx
+def queue_resume(c: Context, name: str, as_json: bool) -> None:
+    """Start the queue's jobs again."""
+    with c.client() as client:
+        view = client.resume_queue(name)
+    emit(view, as_json, lambda q: f"queue {q['name']} resumed")
 
 
 @cli.group()

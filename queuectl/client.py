@@ -40,12 +40,14 @@ from queuectl.errors import (
 )
 from queuectl.paths import SYSTEM_SOCKET, autostart_enabled, resolve_socket
 from queuectl.protocol import (
+    DEFAULT_QUEUE,
     EnqueueArgs,
     FrameBuffer,
     Hello,
     HelloReply,
     JobView,
     Op,
+    QueueView,
     Reply,
     Request,
     StatusView,
@@ -265,10 +267,48 @@ class Client:
         timeout: float | None = None,
         delay: float | None = None,
         cwd: str | None = None,
+        *,
+        run_at: float | None = None,
+        priority: int = 0,
+        queue: str = DEFAULT_QUEUE,
+        unique_key: str | None = None,
+        env: dict[str, str] | None = None,
+        idempotent: bool = True,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
+        jitter: float | None = None,
     ) -> JobView:
-        """Add one job; returns it once it is durably stored."""
-        spec = EnqueueArgs(command, id, max_retries, timeout, delay, cwd)
-        return self.enqueue_spec({k: v for k, v in asdict(spec).items() if v is not None})
+        """Add one job; returns it once it is durably stored.
+
+        ``delay`` (seconds) or ``run_at`` (Unix time) make it wait; ``priority`` (higher
+        first) and ``queue`` place it; with ``unique_key``, an unfinished job holding the
+        key is returned instead (its ``existing`` is True) and nothing is stored.
+        """
+        spec = EnqueueArgs(
+            command,
+            id=id,
+            max_retries=max_retries,
+            timeout=timeout,
+            delay=delay,
+            run_at=run_at,
+            cwd=cwd,
+            idempotent=idempotent,
+            priority=priority,
+            queue=queue,
+            unique_key=unique_key,
+            env=env,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            jitter=jitter,
+        )
+        defaults = {"idempotent": True, "priority": 0, "queue": DEFAULT_QUEUE}
+        return self.enqueue_spec(
+            {
+                k: v
+                for k, v in asdict(spec).items()
+                if v is not None and not (k in defaults and v == defaults[k])
+            }
+        )
 
     def enqueue_spec(self, spec: dict[str, Any]) -> JobView:
         """Add one job given as a wire map (the CLI's JSON form); the daemon validates it."""
@@ -285,14 +325,67 @@ class Client:
         return result
 
     def list_jobs(
-        self, state: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        queue: str | None = None,
+        since: float | None = None,
+        sort: str = "oldest",
     ) -> tuple[list[JobView], int]:
-        """Jobs in enqueue order and the total matching count."""
-        args: dict[str, Any] = {"limit": limit, "offset": offset}
-        if state is not None:
-            args["state"] = state
+        """Jobs (of one state, one queue, created since a Unix time) in ``sort`` order
+        (oldest, newest, priority, run_at), and the total matching count."""
+        args: dict[str, Any] = {"limit": limit, "offset": offset, "sort": sort}
+        for key, value in (("state", state), ("queue", queue), ("since", since)):
+            if value is not None:
+                args[key] = value
         result = self.call(Op.LIST_JOBS, **args)
         return list(result["jobs"]), int(result["total"])
+
+    def cancel(self, *job_ids: str) -> list[JobView]:
+        """Cancel jobs that have not started (pending, waiting, failed): all or none."""
+        result = self.call(Op.CANCEL, ids=list(job_ids))
+        return list(result["jobs"])
+
+    def kill(self, *job_ids: str, signal: str = "TERM", retry: bool = False) -> list[str]:
+        """Signal running jobs' process groups (SIGKILL after the grace period); they end
+        ``cancelled``, or follow their retry policy with ``retry``. Returns the ids."""
+        result = self.call(Op.KILL, ids=list(job_ids), signal=signal, retry=retry)
+        return list(result["killing"])
+
+    def retry(self, *job_ids: str) -> list[JobView]:
+        """Run finished jobs (completed, dead, cancelled) again, keeping their history."""
+        result = self.call(Op.RETRY, ids=list(job_ids))
+        return list(result["jobs"])
+
+    def queues(self) -> list[QueueView]:
+        """Every queue with jobs or settings: counts by state, limits, paused or not."""
+        result: list[QueueView] = self.call(Op.QUEUE_LIST)
+        return result
+
+    def set_queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate: str | None = None,
+        paused: bool | None = None,
+    ) -> QueueView:
+        """Change a queue's settings (``concurrency=0`` or ``rate=""`` removes a limit)."""
+        args: dict[str, Any] = {"name": name}
+        for key, value in (("concurrency", concurrency), ("rate", rate), ("paused", paused)):
+            if value is not None:
+                args[key] = value
+        result: QueueView = self.call(Op.QUEUE_SET, **args)
+        return result
+
+    def pause_queue(self, name: str) -> QueueView:
+        """Start nothing more from this queue; its running jobs finish."""
+        return self.set_queue(name, paused=True)
+
+    def resume_queue(self, name: str) -> QueueView:
+        return self.set_queue(name, paused=False)
 
     def status(self) -> StatusView:
         result: StatusView = self.call(Op.STATUS)

@@ -206,12 +206,9 @@ def _enqueue(args: list[str]) -> int:
     job = _call("enqueue", spec)
     if isinstance(job, int):
         return job
-    if as_json:
-        from queuectl.render import to_json
+    from queuectl import render
 
-        _echo(to_json(job))
-    else:
-        _echo(f"enqueued job {job['id']}: {job['command']}")
+    _echo(render.to_json(job) if as_json else render.enqueued(job))  # type: ignore[arg-type]
     return EXIT_OK
 
 

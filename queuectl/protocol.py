@@ -24,7 +24,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypedDict, TypeVar
+from typing import Any, ClassVar, NotRequired, TypedDict, TypeVar
 
 from queuectl import wire
 from queuectl.errors import InvalidRequest, ProtocolError
@@ -48,16 +48,36 @@ MAX_LIST_LIMIT = 100_000
 MAX_WORKERS = 1024
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 MAX_RETRIES_LIMIT = 1000
+# Priorities: higher runs first; equal priorities run in arrival order.
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+# Queue names are shown in tables and used as keys: a short, safe alphabet.
+QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+DEFAULT_QUEUE = "default"
+MAX_UNIQUE_KEY_CHARS = 256
+MAX_ENV_VARS = 256
+MAX_ENV_BYTES = 64 * 1024
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_IDS_PER_REQUEST = 10_000
 
 
 class JobState(enum.StrEnum):
-    """Where a job is in its life; ``failed`` means waiting for a retry, ``dead`` is the DLQ."""
+    """Where a job is in its life.
+
+    ``waiting``: not due yet (``--delay``/``--run-at``); ``failed``: waiting for a retry;
+    ``dead``: the DLQ; ``cancelled``: stopped by a user (``cancel``, ``kill``).
+    """
 
     PENDING = "pending"
+    WAITING = "waiting"
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
     DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+# States a job does not leave by itself: `wait` returns once every job is in one.
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})
 
 
 class Op(enum.StrEnum):
@@ -73,6 +93,11 @@ class Op(enum.StrEnum):
     WORKERS_SET = "workers_set"
     WORKERS_STOP = "workers_stop"
     DLQ_RETRY = "dlq_retry"
+    CANCEL = "cancel"
+    KILL = "kill"
+    RETRY = "retry"
+    QUEUE_LIST = "queue_list"
+    QUEUE_SET = "queue_set"
     LOGS = "logs"
     CONFIG_GET = "config_get"
     CONFIG_SET = "config_set"
@@ -310,6 +335,39 @@ def _check_range(name: str, value: float | None, low: float, high: float) -> Non
         )
 
 
+def validate_queue_name(name: str) -> None:
+    """Refuse queue names that are empty, too long or outside the safe alphabet."""
+    if not QUEUE_NAME_RE.fullmatch(name):
+        raise InvalidRequest(
+            f"queue name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
+            "not starting with '.' or '-'"
+        )
+
+
+def validate_env(env: Mapping[str, Any]) -> None:
+    """Refuse job variables with bad names or values, or that would hide queuectl's own."""
+    if len(env) > MAX_ENV_VARS:
+        raise InvalidRequest(f"a job takes at most {MAX_ENV_VARS} environment variables")
+    size = 0
+    for name, value in env.items():
+        if not isinstance(value, str):
+            raise InvalidRequest(f"environment variable {name!r} must have a string value")
+        if not ENV_NAME_RE.fullmatch(name):
+            raise InvalidRequest(
+                f"environment variable name {name!r} must be letters, digits and '_', "
+                "not starting with a digit"
+            )
+        if name.startswith("QUEUECTL_"):
+            raise InvalidRequest(
+                f"environment variable {name!r} is reserved: queuectl sets QUEUECTL_* itself"
+            )
+        if "\x00" in value:
+            raise InvalidRequest(f"environment variable {name!r} must not contain NUL bytes")
+        size += len(name) + len(value.encode("utf-8", "surrogatepass")) + 2
+    if size > MAX_ENV_BYTES:
+        raise InvalidRequest(f"the job's environment is {size} bytes; the limit is {MAX_ENV_BYTES}")
+
+
 @dataclass(frozen=True)
 class EnqueueArgs:
     """A job to add: ``command`` runs as ``sh -c COMMAND``; unset fields use the queue settings."""
@@ -319,10 +377,20 @@ class EnqueueArgs:
     id: str | None = None
     max_retries: int | None = None
     timeout: float | None = None
+    # When it may start: ``delay`` seconds from now, or at ``run_at`` (Unix time); not both.
     delay: float | None = None
+    run_at: float | None = None
     cwd: str | None = None
     # False: a run cut short by a crash or a drain ends the job (dead), never re-runs it.
     idempotent: bool = True
+    priority: int = 0
+    queue: str = DEFAULT_QUEUE
+    # While a job with this key is not final, enqueuing the key again returns that job.
+    unique_key: str | None = None
+    env: dict | None = None  # type: ignore[type-arg]
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    jitter: float | None = None
 
     def validate(self) -> None:
         if self.cwd is not None and (not self.cwd.startswith("/") or "\x00" in self.cwd):
@@ -343,6 +411,18 @@ class EnqueueArgs:
         _check_range("max_retries", self.max_retries, 0, MAX_RETRIES_LIMIT)
         _check_range("timeout", self.timeout, 0.001, MAX_TIMEOUT_S)
         _check_range("delay", self.delay, 0, MAX_TIMEOUT_S * 52)
+        if self.delay is not None and self.run_at is not None:
+            raise InvalidRequest("give either a delay or a run-at time, not both")
+        _check_range("run_at", self.run_at, 0, 2**40)
+        _check_range("priority", self.priority, MIN_PRIORITY, MAX_PRIORITY)
+        validate_queue_name(self.queue)
+        if self.unique_key is not None and not 1 <= len(self.unique_key) <= MAX_UNIQUE_KEY_CHARS:
+            raise InvalidRequest(f"unique key must be 1 to {MAX_UNIQUE_KEY_CHARS} characters")
+        if self.env is not None:
+            validate_env(self.env)
+        _check_range("backoff_base", self.backoff_base, 1, 60)
+        _check_range("backoff_max", self.backoff_max, 0, MAX_TIMEOUT_S)
+        _check_range("jitter", self.jitter, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -380,13 +460,73 @@ class JobIdArgs:
 
 
 @dataclass(frozen=True)
+class JobIdsArgs:
+    """A request about several jobs (cancel, retry): all are changed or none is."""
+
+    label: ClassVar[str] = "request"
+    ids: list[str]
+
+    def validate(self) -> None:
+        if not self.ids:
+            raise InvalidRequest("name at least one job id")
+        if len(self.ids) > MAX_IDS_PER_REQUEST:
+            raise InvalidRequest(f"name at most {MAX_IDS_PER_REQUEST} jobs a request")
+        for job_id in self.ids:
+            validate_job_id(job_id)
+
+
+@dataclass(frozen=True)
+class KillArgs:
+    """Signal running jobs' process groups; SIGKILL follows after the grace period."""
+
+    label: ClassVar[str] = "kill request"
+    ids: list[str]
+    signal: str = "TERM"
+    # False: the job ends cancelled; True: the attempt counts as a failure (retry policy).
+    retry: bool = False
+
+    def validate(self) -> None:
+        JobIdsArgs(self.ids).validate()
+        signal_number(self.signal)
+
+
+def signal_number(name: str) -> int:
+    """``TERM``, ``SIGTERM`` or ``15`` as a signal number; refuse anything else."""
+    import signal as _signal
+
+    text = name.strip().upper()
+    if text.isdigit():
+        number = int(text)
+        if number in {int(s) for s in _signal.valid_signals()} and 0 < number < 65:
+            return number
+    else:
+        text = text if text.startswith("SIG") else "SIG" + text
+        member = getattr(_signal.Signals, text, None)
+        if isinstance(member, _signal.Signals):
+            return int(member)
+    raise InvalidRequest(f"unknown signal {name!r}; use a name such as TERM, INT, KILL or HUP")
+
+
+class SortKey(enum.StrEnum):
+    """Orders ``list`` can show jobs in."""
+
+    OLDEST = "oldest"  # enqueue order (the default)
+    NEWEST = "newest"
+    PRIORITY = "priority"  # the order the dispatcher takes them in
+    RUN_AT = "run_at"
+
+
+@dataclass(frozen=True)
 class ListArgs:
-    """List jobs, optionally of one state, oldest first."""
+    """List jobs, optionally of one state and one queue, created since a time."""
 
     label: ClassVar[str] = "list request"
     state: str | None = None
     limit: int = 100
     offset: int = 0
+    queue: str | None = None
+    since: float | None = None  # Unix time: only jobs created at or after it
+    sort: str = SortKey.OLDEST.value
 
     def validate(self) -> None:
         if self.state is not None and self.state not in {s.value for s in JobState}:
@@ -394,6 +534,45 @@ class ListArgs:
             raise InvalidRequest(f"unknown state {self.state!r}; states are: {states}")
         _check_range("limit", self.limit, 1, MAX_LIST_LIMIT)
         _check_range("offset", self.offset, 0, 2**62)
+        if self.queue is not None:
+            validate_queue_name(self.queue)
+        if self.sort not in {k.value for k in SortKey}:
+            keys = ", ".join(k.value for k in SortKey)
+            raise InvalidRequest(f"unknown sort {self.sort!r}; sorts are: {keys}")
+
+
+RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class QueueSetArgs:
+    """Change one queue's settings; fields left out keep their value.
+
+    ``concurrency`` 0 and ``rate`` ``""`` remove the limit; ``rate`` is ``N/s``,
+    ``N/m`` or ``N/h``.
+    """
+
+    label: ClassVar[str] = "queue request"
+    name: str
+    concurrency: int | None = None
+    rate: str | None = None
+    paused: bool | None = None
+
+    def validate(self) -> None:
+        validate_queue_name(self.name)
+        _check_range("concurrency", self.concurrency, 0, MAX_WORKERS * 1000)
+        if self.rate:
+            parse_rate(self.rate)
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``10/s`` -> (10, 1.0): starts allowed per period; refuses anything else."""
+    count, sep, unit = text.strip().partition("/")
+    if sep and count.strip().isdigit() and unit.strip() in RATE_PERIODS:
+        n = int(count)
+        if 1 <= n <= 1_000_000:
+            return n, RATE_PERIODS[unit.strip()]
+    raise InvalidRequest(f"rate {text!r} must look like 10/s, 30/m or 100/h (1 to 1000000)")
 
 
 @dataclass(frozen=True)
@@ -467,6 +646,11 @@ ARGS_BY_OP: dict[Op, type[Any]] = {
     Op.WORKERS_SET: WorkersArgs,
     Op.WORKERS_STOP: NoArgs,
     Op.DLQ_RETRY: JobIdArgs,
+    Op.CANCEL: JobIdsArgs,
+    Op.KILL: KillArgs,
+    Op.RETRY: JobIdsArgs,
+    Op.QUEUE_LIST: NoArgs,
+    Op.QUEUE_SET: QueueSetArgs,
     Op.LOGS: LogsArgs,
     Op.CONFIG_GET: ConfigKeyArgs,
     Op.CONFIG_SET: ConfigSetArgs,
@@ -493,6 +677,10 @@ class AttemptView(TypedDict):
 class JobView(TypedDict):
     id: str
     command: str
+    queue: str
+    priority: int
+    unique_key: str | None
+    env: dict[str, str]
     cwd: str | None
     owner_uid: int | None
     idempotent: bool
@@ -506,7 +694,22 @@ class JobView(TypedDict):
     run_at: float
     last_exit_code: int | None
     last_error: str | None
+    backoff_base: float
+    backoff_max: float
+    jitter: float
     history: list[AttemptView]
+    # Set on the answer to an enqueue with a unique key that matched an unfinished job.
+    existing: NotRequired[bool]
+
+
+class QueueView(TypedDict):
+    """One named queue: its job counts and its settings."""
+
+    name: str
+    counts: dict[str, int]
+    concurrency: int | None
+    rate: str | None
+    paused: bool
 
 
 class WorkersView(TypedDict):
@@ -517,6 +720,7 @@ class WorkersView(TypedDict):
 
 class StatusView(TypedDict):
     counts: dict[str, int]
+    queues: dict[str, dict[str, int]]  # per queue, its counts by state (non-zero only)
     workers: WorkersView
     draining: bool
     version: str
@@ -542,4 +746,5 @@ class Outcome(enum.StrEnum):
     NOT_FOUND = "not_found"
     SIGNALED = "signaled"
     INTERRUPTED = "interrupted"  # its executor, the daemon or a drain stopped it
+    KILLED = "killed"  # `queuectl kill` stopped it
     ERROR = "error"  # the executor could not start the command at all

@@ -10,13 +10,13 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
-    from queuectl.protocol import JobView, StatusView
+    from queuectl.protocol import JobView, QueueView, StatusView
 
 # queuectl.protocol.JobState's values, in its order (tests/unit/test_cli_help.py checks).
-STATES = ("pending", "processing", "completed", "failed", "dead")
+STATES = ("pending", "waiting", "processing", "completed", "failed", "dead", "cancelled")
 
 
 def to_json(value: Any) -> str:
@@ -122,10 +122,61 @@ def status(view: StatusView) -> str:
     rows = [(state, view["counts"].get(state, 0)) for state in STATES]
     w = view["workers"]
     out = table(("state", "count"), rows)
+    by_queue = view.get("queues") or {}
+    if len(by_queue) > 1:
+        out += "\n\n" + queue_counts(by_queue)
     out += f"\n\nworkers: {w['running']} running / {w['desired']} desired, {w['busy']} busy"
     if view["draining"]:
         out += "\ndaemon: draining (shutting down)"
     return out
+
+
+QUEUE_STATES = ("pending", "waiting", "processing", "failed", "dead")
+
+
+def queue_counts(by_queue: Mapping[str, Mapping[str, int]]) -> str:
+    """One line per queue: its jobs by state (the states with work or trouble)."""
+    headers = ("queue", *("running" if s == "processing" else s for s in QUEUE_STATES))
+    rows = [(q, *(c.get(s, 0) for s in QUEUE_STATES)) for q, c in sorted(by_queue.items())]
+    return table(headers, rows)
+
+
+def queues(views: Sequence[QueueView]) -> str:
+    """`queue list`: per queue its counts, limits and whether it is paused."""
+    rows = [
+        (
+            q["name"],
+            q["counts"].get("pending", 0),
+            q["counts"].get("waiting", 0),
+            q["counts"].get("processing", 0),
+            q["counts"].get("dead", 0),
+            "" if q["concurrency"] is None else q["concurrency"],
+            q["rate"] or "",
+            "paused" if q["paused"] else "",
+        )
+        for q in views
+    ]
+    headers = ("queue", "pending", "waiting", "running", "dead", "concurrency", "rate", "paused")
+    return table(headers, rows)
+
+
+def enqueued(j: JobView) -> str:
+    """The answer to an enqueue: the job stored, or the unfinished one holding its key."""
+    if j.get("existing"):
+        return (
+            f"job {j['id']} already holds unique key {j.get('unique_key')!r} "
+            f"({j['state']}); nothing enqueued"
+        )
+    if j["state"] == "waiting":
+        return f"enqueued job {j['id']}: {j['command']} (waits until {stamp(j['run_at'])})"
+    return f"enqueued job {j['id']}: {j['command']}"
+
+
+def state_text(j: JobView) -> str:
+    """The state, with the time a waiting or failed job is due."""
+    if j["state"] in ("waiting", "failed"):
+        return f"{j['state']} until {stamp(j['run_at'])}"
+    return j["state"]
 
 
 def jobs(views: Sequence[JobView], total: int, width: int | None = 80) -> str:
@@ -133,7 +184,7 @@ def jobs(views: Sequence[JobView], total: int, width: int | None = 80) -> str:
     rows = [
         (
             j["id"],
-            j["state"],
+            state_text(j),
             f"{j['attempts']}/{j['max_retries'] + 1}",
             "" if j["last_exit_code"] is None else j["last_exit_code"],
             stamp(j["updated_at"]),
@@ -155,6 +206,7 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
         f"command:     {j['command']}",
         f"cwd:         {j.get('cwd') or ''}",
         f"state:       {j['state']}",
+        f"queue:       {j.get('queue', 'default')}   priority: {j.get('priority', 0)}",
         # Attempts count toward the retry limit (reset by `dlq retry`); the history
         # below keeps every run, so say both, or the numbers seem to disagree.
         f"attempts:    {j['attempts']} of {j['max_retries'] + 1} allowed; "
@@ -163,8 +215,19 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
         f"created:     {when_zoned(j['created_at'])}",
         f"updated:     {when_zoned(j['updated_at'])}",
     ]
-    if j["state"] in ("pending", "failed"):
+    if j["state"] == "waiting":
         lines.append(f"runs at:     {when_zoned(j['run_at'])}")
+    elif j["state"] == "failed":
+        lines.append(f"next retry:  {when_zoned(j['run_at'])}")
+    if j.get("unique_key"):
+        lines.append(f"unique key:  {j['unique_key']}")
+    for name, value in sorted((j.get("env") or {}).items()):
+        lines.append(f"env:         {name}={value}")
+    if "backoff_base" in j:
+        lines.append(
+            f"retry:       backoff {j['backoff_base']:g} ** attempts s, "
+            f"at most {j['backoff_max']:g}s, jitter {j['jitter']:g}"
+        )
     if j["last_error"]:
         lines.append(f"last error:  {j['last_error']}")
     if j["history"]:
@@ -172,15 +235,26 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
             (
                 a["attempt"],
                 stamp(a["started_at"]),
+                "" if a["finished_at"] is None else stamp(a["finished_at"]),
                 "" if a["finished_at"] is None else f"{a['finished_at'] - a['started_at']:.3f}s",
                 "" if a["exit_code"] is None else a["exit_code"],
                 a["outcome"] or "running",
+                a["worker"] or "",
                 a["error"] or "",
             )
             for a in j["history"]
         ]
-        headers = ("attempt", f"started {zone()}", "took", "exit", "outcome", "error")
-        lines += ["", table(headers, rows, width, elastic=(5,))]
+        headers = (
+            "attempt",
+            f"started {zone()}",
+            "ended",
+            "took",
+            "exit",
+            "outcome",
+            "worker",
+            "error",
+        )
+        lines += ["", table(headers, rows, width, elastic=(7,))]
     return "\n".join(lines)
 
 
@@ -203,6 +277,8 @@ def event_line(event: dict[str, Any]) -> str | None:
         return f"[WARN] [{job}] interrupted ({event.get('error')}); back in the queue"
     if kind == "enqueued":
         return f"[INFO] [{job}] enqueued"
+    if kind == "cancelled":
+        return f"[WARN] [{job}] cancelled ({event.get('reason') or event.get('error')})"
     if kind == "idle":
         return "[INFO] queue drained: no job pending, running or waiting for a retry"
     if kind == "stopped":

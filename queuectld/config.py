@@ -529,6 +529,9 @@ QUEUE_SETTINGS: dict[str, QueueSetting] = {
             "backoff-max", 3600.0, float, 0.0, 7 * 86400.0, "the longest wait between retries"
         ),
         QueueSetting(
+            "jitter", 0.0, float, 0.0, 1.0, "each retry delay varies by up to this fraction"
+        ),
+        QueueSetting(
             "default-timeout", 10.0, float, 0.001, 7 * 86400.0, "seconds a job may run by default"
         ),
         QueueSetting(
@@ -574,6 +577,7 @@ class QueueSettings:
     backoff_max: float
     default_timeout: float
     max_interruptions: int
+    jitter: float = 0.0
 
     @classmethod
     def from_values(cls, values: Mapping[str, float | int]) -> QueueSettings:
@@ -584,4 +588,5 @@ class QueueSettings:
             backoff_max=float(values["backoff-max"]),
             default_timeout=float(values["default-timeout"]),
             max_interruptions=int(values["max-interruptions"]),
+            jitter=float(values["jitter"]),
         )

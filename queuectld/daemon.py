@@ -150,7 +150,6 @@ class Daemon:
             desired = cfg.workers
 
         executor_env = hide_from_children(dict(os.environ))
-        executor_env.pop("QUEUECTL_SOCKET", None)
         # Inherited by every job: see procs.find_job_groups.
         executor_env[procs.QUEUE_TAG] = cfg.database
         ops = OsProcessOps(executor_env, cfg.database)

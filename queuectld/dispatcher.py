@@ -122,6 +122,12 @@ class Dispatcher:
         # Free slots with nothing on its way to them: every store transaction claims for
         # them before it commits (see _claim_in_commit).
         self._hook_demand = 0
+        # Jobs a user asked to kill, and whether the kill counts as a failed attempt.
+        self._kills: dict[str, bool] = {}
+        # Jobs asked back from executors because queue settings changed: they return to
+        # the store, to be claimed again under the new limits.
+        self._recall: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -184,6 +190,54 @@ class Dispatcher:
 
     def _timer_fired(self) -> None:
         self._timer, self._timer_at = None, float("inf")
+        self.wake()
+
+    def queues_changed(self) -> None:
+        """A queue was paused or its limits changed: jobs claimed ahead of the slots go
+        back to the store, so the next claims follow the new settings at once."""
+        self._give_back += [entry.claim for entry in self._ready]
+        self._ready.clear()
+        self._recall.update(self.supervisor.revoke_all_queued())
+        self._hook_demand = 0
+        self._flush_due = True
+        self.wake()
+
+    async def kill(self, job_ids: list[str], signum: int, retry: bool) -> list[str]:
+        """Stop these ``processing`` jobs (a user's `kill`); the ids this daemon does not
+        hold. A running job gets ``signum``, then SIGKILL after the grace period, and its
+        attempt ends ``killed``; one claimed but not started is cancelled unstarted."""
+        absent: list[str] = []
+        unstarted: list[Claim] = []
+        for job_id in job_ids:
+            entry = next((e for e in self._ready if e.claim.job.id == job_id), None)
+            if entry is not None:
+                self._ready.remove(entry)
+                unstarted.append(entry.claim)
+            elif self.supervisor.kill(job_id, signum):
+                self._kills[job_id] = retry
+            else:
+                absent.append(job_id)
+        if unstarted:
+            await self._cancel_unstarted(unstarted)
+        return absent
+
+    async def _cancel_unstarted(self, claims: list[Claim]) -> None:
+        """Jobs killed before they started: given back and cancelled in one transaction."""
+        ids = [c.job.id for c in claims]
+        now = time.time()
+
+        def work(store: Store) -> None:
+            store.release_claims(claims)
+            store.cancel_jobs(ids, now, "killed by request before it started")
+
+        await self.committer.call(work)
+        for claim in claims:
+            self.events.publish(
+                "cancelled",
+                id=claim.job.id,
+                reason="killed by request before it started",
+                owner_uid=claim.job.owner_uid,
+            )
         self.wake()
 
     # -- claiming -------------------------------------------------------------
@@ -274,7 +328,7 @@ class Dispatcher:
                     store.release_claims(claims[i:])
                     del claims[i:]
                     break
-            next_due = store.next_due_at() if wanted and len(claims) < wanted else None
+            next_due = store.next_due_at(now) if wanted and len(claims) < wanted else None
             return recorded, claims, next_due
 
         try:
@@ -359,6 +413,8 @@ class Dispatcher:
         timeout = job.timeout if job.timeout is not None else settings.default_timeout
         uid = job.owner_uid if self.run_as_owner and job.owner_uid else None
         cwd = job.cwd or (procs.identity_of(uid).env["HOME"] if uid else self.config.home)
+        # joblog.log_path without building a Path per job (log_dir is normalized)
+        log_path = os.path.join(self.config.log_dir, f"job_{job.id}.txt")
         run = RunJob(
             job_id=job.id,
             attempt=claim.attempt,
@@ -366,10 +422,10 @@ class Dispatcher:
             cwd=cwd,
             timeout=timeout,
             kill_grace=self.config.kill_grace,
-            # joblog.log_path without building a Path per job (log_dir is normalized)
-            log_path=os.path.join(self.config.log_dir, f"job_{job.id}.txt"),
+            log_path=log_path,
             log_max_bytes=self.config.log_max_bytes,
             uid=uid,
+            env={**job.env, "QUEUECTL_QUEUE": job.queue, "QUEUECTL_LOG": log_path},
         )
         hung_after = timeout + self.config.kill_grace + self.config.lease_margin
         if self.supervisor.assign(claim, run, hung_after, queued) is None:
@@ -399,7 +455,14 @@ class Dispatcher:
 
     def _on_revoked(self, claim: Claim) -> None:
         """A job sent to wait on an executor came back unstarted: next in line again."""
-        if self.mode is not Mode.RUNNING:
+        job_id = claim.job.id
+        if self._kills.pop(job_id, None) is not None:
+            task = asyncio.get_running_loop().create_task(self._cancel_unstarted([claim]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        if job_id in self._recall or self.mode is not Mode.RUNNING:
+            self._recall.discard(job_id)
             self._give_back.append(claim)
             self.wake()
             return
@@ -416,6 +479,7 @@ class Dispatcher:
             self._run_avg = ran
         else:
             self._run_avg += RUN_AVG_WEIGHT * (ran - self._run_avg)
+        retry_killed = self._kills.pop(claim.job.id, False)
         self.recorder.pending.append(
             self.recorder.outcome(
                 claim,
@@ -425,6 +489,7 @@ class Dispatcher:
                 result.started_at,
                 result.finished_at,
                 executor,
+                retry_killed=retry_killed,
             )
         )
         self._after_outcome()

@@ -52,6 +52,9 @@ class RunJob:
     log_max_bytes: int
     # Run the job as this user (a root daemon serving several users); None: as the executor.
     uid: int | None = None
+    # The job's own variables and queuectl's (QUEUECTL_QUEUE, QUEUECTL_LOG), over the
+    # executor's environment.
+    env: dict[str, str] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "run", **vars(self)}
@@ -83,14 +86,21 @@ class Revoke:
 
 @dataclass(frozen=True)
 class Cancel:
-    """Stop these running jobs (all of them when ``job_ids`` is None): SIGTERM to each
-    group, SIGKILL after its grace period; they end ``interrupted``. Jobs waiting for a
-    slot are handed back."""
+    """Stop these running jobs (all of them when ``job_ids`` is None): ``signal`` (SIGTERM
+    by default) to each group, SIGKILL after its grace period; they end ``interrupted``,
+    or ``killed`` when a user asked (``killed``). Jobs waiting for a slot are handed back."""
 
     job_ids: list[str] | None = None
+    signal: int = 15
+    killed: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {"kind": "cancel", "job_ids": self.job_ids}
+        return {
+            "kind": "cancel",
+            "job_ids": self.job_ids,
+            "signal": self.signal,
+            "killed": self.killed,
+        }
 
 
 @dataclass(frozen=True)

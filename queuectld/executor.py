@@ -75,6 +75,7 @@ class Attempt:
     err: Capture
     timed_out: bool = False
     interrupted: bool = False
+    killed: int = 0  # the signal of a user's `kill` (0: none)
     stopping: bool = False  # SIGTERM sent, SIGKILL due at the grace period's end
     returncode: int | None = None
     extra: list[str] = field(default_factory=list)
@@ -91,17 +92,17 @@ class Attempt:
 
 
 def classify(
-    returncode: int, timed_out: bool, interrupted: bool, timeout: float
+    returncode: int, timed_out: bool, interrupted: bool, timeout: float, killed: int = 0
 ) -> tuple[Outcome, str | None]:
     """The outcome of an attempt and its one-line reason."""
+    if killed:
+        return Outcome.KILLED, f"killed by request ({_signal_name(killed)})"
     if interrupted:
         return Outcome.INTERRUPTED, "stopped before it finished (drain, shutdown or kill)"
     if timed_out:
         return Outcome.TIMEOUT, f"timed out after {timeout:g}s"
     if returncode < 0:
-        sig = -returncode
-        name = signal.Signals(sig).name if sig in signal.valid_signals() else ""
-        return Outcome.SIGNALED, f"killed by signal {sig} {name}".strip()
+        return Outcome.SIGNALED, f"killed by signal {-returncode} {_signal_name(-returncode)}"
     if returncode == 0:
         return Outcome.COMPLETED, None
     if returncode == 127:
@@ -109,6 +110,10 @@ def classify(
     if returncode == 126:
         return Outcome.FAILED, "command not executable (exit code 126)"
     return Outcome.FAILED, f"exit code {returncode}"
+
+
+def _signal_name(number: int) -> str:
+    return signal.Signals(number).name if number in signal.valid_signals() else str(number)
 
 
 class Executor:
@@ -224,7 +229,8 @@ class Executor:
             self._revoke(set(msg.get("job_ids") or ()))
         elif kind == "cancel":
             ids = msg.get("job_ids")
-            self._cancel(None if ids is None else set(ids))
+            signum = int(msg.get("signal") or signal.SIGTERM)
+            self._cancel(None if ids is None else set(ids), signum, bool(msg.get("killed")))
         elif kind == "retire":
             self.retiring = True
             self._revoke(None)
@@ -242,12 +248,17 @@ class Executor:
                 keep.append(run)
         self.waiting = keep
 
-    def _cancel(self, ids: set[str] | None) -> None:
+    def _cancel(
+        self, ids: set[str] | None, signum: int = signal.SIGTERM, killed: bool = False
+    ) -> None:
         self._revoke(ids)
         for attempt in list(self.running.values()):
             if ids is None or attempt.run.job_id in ids:
-                attempt.interrupted = True
-                self._stop(attempt)
+                if killed:
+                    attempt.killed = signum
+                else:
+                    attempt.interrupted = True
+                self._stop(attempt, signum)
 
     def on_sigterm(self) -> None:
         """SIGTERM reached the executor: end every job now, report them, exit."""
@@ -267,7 +278,12 @@ class Executor:
         started = time.time()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        env = {**self.env, "QUEUECTL_JOB_ID": run.job_id, "QUEUECTL_ATTEMPT": str(run.attempt)}
+        env = {
+            **self.env,
+            **(run.env or {}),
+            "QUEUECTL_JOB_ID": run.job_id,
+            "QUEUECTL_ATTEMPT": str(run.attempt),
+        }
         try:
             proc = self._spawn(run, out_w, err_w, env)
         except _StartError as exc:
@@ -388,12 +404,12 @@ class Executor:
         attempt.timed_out = True
         self._stop(attempt)
 
-    def _stop(self, attempt: Attempt) -> None:
-        """SIGTERM to the job's group, SIGKILL when the grace period ends."""
+    def _stop(self, attempt: Attempt, signum: int = signal.SIGTERM) -> None:
+        """``signum`` (SIGTERM) to the job's group, SIGKILL when the grace period ends."""
         if attempt.returncode is not None or attempt.stopping:
             return
         attempt.stopping = True
-        procs.signal_group(attempt.pid, signal.SIGTERM)
+        procs.signal_group(attempt.pid, signum)
 
         def kill() -> None:
             if attempt.returncode is None:
@@ -408,7 +424,7 @@ class Executor:
         assert attempt.returncode is not None
         finished = time.time()
         outcome, error = classify(
-            attempt.returncode, attempt.timed_out, attempt.interrupted, run.timeout
+            attempt.returncode, attempt.timed_out, attempt.interrupted, run.timeout, attempt.killed
         )
         exit_code = attempt.returncode if attempt.returncode >= 0 else None
         try:

@@ -16,28 +16,36 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from queuectl.errors import ShuttingDown
+from queuectl.errors import Conflict, NotFound, ShuttingDown
 from queuectl.protocol import (
     ConfigKeyArgs,
     ConfigSetArgs,
     EnqueueArgs,
     EnqueueBatchArgs,
     JobIdArgs,
+    JobIdsArgs,
     JobState,
     JobView,
+    KillArgs,
     ListArgs,
     LogsArgs,
     NoArgs,
     Op,
+    QueueSetArgs,
+    QueueView,
+    SortKey,
     StatusView,
     WatchArgs,
     WorkersArgs,
     WorkersView,
+    parse_rate,
+    signal_number,
 )
 from queuectld import __version__, joblog, server
-from queuectld.config import QUEUE_SETTINGS, setting_for
+from queuectld.config import QUEUE_SETTINGS, QueueSettings, setting_for
 from queuectld.jobs import ACTIVE, Job, NewJob
-from queuectld.store.base import Store
+from queuectld.queues import QueueLimits
+from queuectld.store.base import JobFilter, Store
 
 if TYPE_CHECKING:
     from queuectld.access import AccessPolicy
@@ -77,21 +85,28 @@ WORKERS_SETTING = "workers"
 
 
 def _new_job(args: EnqueueArgs, now: float) -> NewJob:
+    run_at = now + args.delay if args.delay else args.run_at
     return NewJob(
         command=args.command,
         id=args.id,
         max_retries=args.max_retries,
         timeout=args.timeout,
-        run_at=now + args.delay if args.delay else None,
+        run_at=run_at if run_at is not None and run_at > now else None,  # the past is now
         cwd=args.cwd,
         owner_uid=server.caller_uid(),
         idempotent=args.idempotent,
+        priority=args.priority,
+        queue=args.queue,
+        unique_key=args.unique_key,
+        env=dict(args.env or {}),
+        backoff_base=args.backoff_base,
+        backoff_max=args.backoff_max,
+        jitter=args.jitter,
     )
 
 
 def _view(d: HandlerContext, job: Job) -> JobView:
-    s = d.settings
-    return job.view(int(s["max-retries"]), float(s["default-timeout"]))
+    return job.view(QueueSettings.from_values(d.settings))
 
 
 async def ping(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
@@ -101,7 +116,11 @@ async def ping(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
 async def enqueue(d: HandlerContext, args: EnqueueArgs) -> JobView:
     now = time.time()
     new = _new_job(args, now)
-    job = await d.committer.call(lambda s: s.insert_jobs([new], now)[0])
+    inserted = await d.committer.call(lambda s: s.insert_unique([new], now))
+    job, existing = inserted.jobs[0], inserted.existing[0]
+    if existing:
+        d.access.check_job(server.caller(), job, job.id)
+        return {**_view(d, job), "existing": True}
     _enqueued(d, [job])
     return _view(d, job)
 
@@ -109,16 +128,29 @@ async def enqueue(d: HandlerContext, args: EnqueueArgs) -> JobView:
 async def enqueue_batch(d: HandlerContext, args: EnqueueBatchArgs) -> dict[str, Any]:
     now = time.time()
     news = [_new_job(a, now) for a in args.parsed()]
-    jobs = await d.committer.call(lambda s: s.insert_jobs(news, now))
-    _enqueued(d, jobs)
-    return {"count": len(jobs), "ids": [j.id for j in jobs]}
+    inserted = await d.committer.call(lambda s: s.insert_unique(news, now))
+    fresh = [j for j, old in zip(inserted.jobs, inserted.existing, strict=True) if not old]
+    _enqueued(d, fresh)
+    return {
+        "count": len(fresh),
+        "ids": [j.id for j in inserted.jobs],
+        "existing": [j.id for j, old in zip(inserted.jobs, inserted.existing, strict=True) if old],
+    }
 
 
 def _enqueued(d: HandlerContext, jobs: list[Job]) -> None:
-    now = time.time()
+    if not jobs:
+        return
     for job in jobs:
-        d.events.publish("enqueued", id=job.id, command=job.command, owner_uid=job.owner_uid)
-        if job.run_at > now:
+        d.events.publish(
+            "enqueued",
+            id=job.id,
+            command=job.command,
+            queue=job.queue,
+            state=job.state.value,
+            owner_uid=job.owner_uid,
+        )
+        if job.state is JobState.WAITING:
             d.dispatcher.wake_at(job.run_at)
     d.dispatcher.wake()
     if len(jobs) == 1:
@@ -133,23 +165,35 @@ async def get_job(d: HandlerContext, args: JobIdArgs) -> JobView:
 
 
 async def list_jobs(d: HandlerContext, args: ListArgs) -> dict[str, Any]:
-    state = JobState(args.state) if args.state else None
-    owner = d.access.scope(server.caller())
+    where = JobFilter(
+        state=JobState(args.state) if args.state else None,
+        queue=args.queue,
+        owner_uid=d.access.scope(server.caller()),
+        since=args.since,
+        sort=SortKey(args.sort),
+    )
 
-    def read(s: Store) -> tuple[list[Job], dict[JobState, int]]:
-        jobs = s.list_jobs(state, args.limit, args.offset, owner)
-        return jobs, s.count_by_state(owner)
+    def read(s: Store) -> tuple[list[Job], int]:
+        jobs = s.find_jobs(where, args.limit, args.offset)
+        if where.queue is None and where.since is None:
+            counts = s.count_by_state(where.owner_uid)  # kept by triggers: no count
+            return jobs, counts[where.state] if where.state else sum(counts.values())
+        return jobs, s.count_jobs(where)
 
-    jobs, counts = await d.committer.call(read)
-    total = counts[state] if state else sum(counts.values())
+    jobs, total = await d.committer.call(read)
     return {"jobs": [_view(d, j) for j in jobs], "total": total}
 
 
 async def status(d: HandlerContext, args: NoArgs) -> StatusView:
     owner = d.access.scope(server.caller())
-    counts = await d.committer.call(lambda s: s.count_by_state(owner))
+    by_queue = await d.committer.call(lambda s: s.count_by_queue(owner))
+    counts = {state.value: 0 for state in JobState}
+    for by_state in by_queue.values():
+        for state, n in by_state.items():
+            counts[state.value] += n
     return StatusView(
-        counts={k.value: v for k, v in counts.items()},
+        counts=counts,
+        queues={q: {k.value: n for k, n in c.items()} for q, c in sorted(by_queue.items())},
         workers=_workers(d),
         draining=d.draining,
         version=__version__,
@@ -197,10 +241,126 @@ async def dlq_retry(d: HandlerContext, args: JobIdArgs) -> JobView:
         owned = await d.committer.call(lambda s: s.get_job(args.id))
         d.access.check_job(peer, owned, args.id)
     job = await d.committer.call(lambda s: s.retry_dead(args.id, time.time()))
-    log.info("dlq_retry", job_id=job.id, uid=server.caller_uid())
-    d.events.publish("enqueued", id=job.id, command=job.command, owner_uid=job.owner_uid)
-    d.dispatcher.wake()
+    _requeued(d, [job], "dlq_retry")
     return _view(d, job)
+
+
+async def _owned(d: HandlerContext, ids: list[str]) -> None:
+    """Refuse ids the caller may not act on (another user's job, for a non-admin)."""
+    peer = server.caller()
+    if d.access.scope(peer) is None:
+        return
+    jobs = await d.committer.call(lambda s: s.get_jobs(ids))
+    for job_id in ids:
+        d.access.check_job(peer, jobs.get(job_id), job_id)
+
+
+def _unique(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+async def cancel(d: HandlerContext, args: JobIdsArgs) -> dict[str, Any]:
+    """End jobs that have not started: all named jobs are cancelled, or none is."""
+    ids = _unique(args.ids)
+    await _owned(d, ids)
+    reason = "cancelled by request"
+    jobs = await d.committer.call(lambda s: s.cancel_jobs(ids, time.time(), reason))
+    for job in jobs:
+        d.events.publish("cancelled", id=job.id, reason=reason, owner_uid=job.owner_uid)
+    log.info("jobs_cancelled", ids=ids, uid=server.caller_uid())
+    return {"jobs": [_view(d, j) for j in jobs]}
+
+
+async def kill(d: HandlerContext, args: KillArgs) -> dict[str, Any]:
+    """Signal running jobs; their attempts end ``killed`` (reported by the executors)."""
+    ids = _unique(args.ids)
+    await _owned(d, ids)
+    jobs = await d.committer.call(lambda s: s.get_jobs(ids))
+    for job_id in ids:
+        job = jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        if job.state is not JobState.PROCESSING:
+            raise Conflict(
+                f"job {job_id!r} is {job.state.value}, not running; "
+                + (
+                    "use `queuectl cancel` for a job that has not started"
+                    if job.state in (JobState.PENDING, JobState.WAITING, JobState.FAILED)
+                    else "there is nothing to kill"
+                )
+            )
+    absent = await d.dispatcher.kill(ids, signal_number(args.signal), args.retry)
+    if absent:
+        raise Conflict(
+            f"job {absent[0]!r} is running on another daemon ({jobs[absent[0]].lease_owner}); "
+            "kill it there"
+        )
+    log.info("jobs_killed", ids=ids, signal=args.signal, uid=server.caller_uid())
+    return {"killing": ids, "signal": args.signal}
+
+
+async def retry(d: HandlerContext, args: JobIdsArgs) -> dict[str, Any]:
+    """Run finished jobs (completed, dead, cancelled) again, keeping their history."""
+    ids = _unique(args.ids)
+    await _owned(d, ids)
+    jobs = await d.committer.call(lambda s: s.retry_jobs(ids, time.time()))
+    _requeued(d, jobs, "retry")
+    return {"jobs": [_view(d, j) for j in jobs]}
+
+
+def _requeued(d: HandlerContext, jobs: list[Job], what: str) -> None:
+    for job in jobs:
+        log.info(what, job_id=job.id, uid=server.caller_uid())
+        d.events.publish(
+            "enqueued", id=job.id, command=job.command, queue=job.queue, owner_uid=job.owner_uid
+        )
+    d.dispatcher.wake()
+
+
+async def queue_list(d: HandlerContext, args: NoArgs) -> list[QueueView]:
+    owner = d.access.scope(server.caller())
+
+    def read(s: Store) -> tuple[dict[str, QueueLimits], dict[str, dict[JobState, int]]]:
+        return s.queue_limits(), s.count_by_queue(owner)
+
+    limits, counts = await d.committer.call(read)
+    names = sorted(set(limits) | set(counts) | {"default"})
+    return [limits.get(n, QueueLimits(n)).view(counts.get(n, {})) for n in names]
+
+
+async def queue_set(d: HandlerContext, args: QueueSetArgs) -> QueueView:
+    d.access.require_admin(server.caller(), "change queue settings")
+
+    def change(s: Store) -> tuple[QueueLimits, dict[JobState, int]]:
+        old = s.queue_limits().get(args.name, QueueLimits(args.name))
+        rate_count, rate_period = old.rate_count, old.rate_period
+        if args.rate is not None:
+            rate_count, rate_period = parse_rate(args.rate) if args.rate else (None, None)
+        concurrency = old.concurrency
+        if args.concurrency is not None:
+            concurrency = args.concurrency or None
+        new = QueueLimits(
+            args.name,
+            concurrency=concurrency,
+            rate_count=rate_count,
+            rate_period=rate_period,
+            paused=old.paused if args.paused is None else args.paused,
+        )
+        s.set_queue(new)
+        return new, s.count_by_queue().get(args.name, {})
+
+    limits, counts = await d.committer.call(change)
+    log.info(
+        "queue_set",
+        queue=args.name,
+        concurrency=limits.concurrency,
+        rate=limits.rate,
+        paused=limits.paused,
+        uid=server.caller_uid(),
+    )
+    d.events.publish("queue", name=args.name, paused=limits.paused, owner_uid=None)
+    d.dispatcher.queues_changed()
+    return limits.view(counts)
 
 
 async def logs(d: HandlerContext, args: LogsArgs) -> dict[str, Any]:
@@ -244,7 +404,7 @@ async def shutdown(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
     return {"stopping": True}
 
 
-FINISHED_EVENTS = frozenset({"completed", "failed", "dead", "pending"})
+FINISHED_EVENTS = frozenset({"completed", "failed", "dead", "pending", "cancelled"})
 
 
 async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
@@ -337,6 +497,11 @@ HANDLERS: dict[Op, Handler] = {
     Op.WORKERS_SET: workers_set,
     Op.WORKERS_STOP: workers_stop,
     Op.DLQ_RETRY: dlq_retry,
+    Op.CANCEL: cancel,
+    Op.KILL: kill,
+    Op.RETRY: retry,
+    Op.QUEUE_LIST: queue_list,
+    Op.QUEUE_SET: queue_set,
     Op.LOGS: logs,
     Op.CONFIG_GET: config_get,
     Op.CONFIG_SET: config_set,

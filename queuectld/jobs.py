@@ -3,24 +3,42 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from queuectl.protocol import AttemptView, JobState, JobView
+from queuectl.protocol import DEFAULT_QUEUE, AttemptView, JobState, JobView
+from queuectld.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from queuectld.config import QueueSettings
 
 # Which state may follow which; the store refuses anything else.
+# A job whose time has come (``waiting`` for its delay, ``failed`` for its retry) is
+# made ``pending`` by the claim that finds it due; only ``pending`` jobs are claimed.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.PENDING: frozenset({JobState.PROCESSING}),
-    JobState.FAILED: frozenset({JobState.PROCESSING}),
+    JobState.PENDING: frozenset({JobState.PROCESSING, JobState.CANCELLED}),
+    JobState.WAITING: frozenset({JobState.PENDING, JobState.CANCELLED}),
+    JobState.FAILED: frozenset({JobState.PENDING, JobState.CANCELLED}),
     JobState.PROCESSING: frozenset(
-        {JobState.COMPLETED, JobState.FAILED, JobState.DEAD, JobState.PENDING}
+        {
+            JobState.COMPLETED,
+            JobState.FAILED,
+            JobState.DEAD,
+            JobState.PENDING,
+            JobState.CANCELLED,
+        }
     ),
+    # `retry` runs a finished job again, keeping its history.
     JobState.DEAD: frozenset({JobState.PENDING}),
-    JobState.COMPLETED: frozenset(),
+    JobState.COMPLETED: frozenset({JobState.PENDING}),
+    JobState.CANCELLED: frozenset({JobState.PENDING}),
 }
 
-# States a worker may claim from (when run_at has come).
-CLAIMABLE = (JobState.PENDING, JobState.FAILED)
 # States in which a job still has work ahead of it.
-ACTIVE = (JobState.PENDING, JobState.PROCESSING, JobState.FAILED)
+ACTIVE = (JobState.PENDING, JobState.WAITING, JobState.PROCESSING, JobState.FAILED)
+# States `cancel` may end (not started yet); `kill` ends a `processing` one.
+CANCELLABLE = (JobState.PENDING, JobState.WAITING, JobState.FAILED)
+# States `retry` may start again.
+RETRYABLE = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
 
 
 def can_transition(old: JobState, new: JobState) -> bool:
@@ -40,6 +58,13 @@ class NewJob:
     cwd: str | None = None
     owner_uid: int | None = None
     idempotent: bool = True
+    priority: int = 0
+    queue: str = DEFAULT_QUEUE
+    unique_key: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    jitter: float | None = None
 
 
 @dataclass(frozen=True)
@@ -89,26 +114,51 @@ class Job:
     cwd: str | None = None
     owner_uid: int | None = None
     idempotent: bool = True
+    priority: int = 0
+    queue: str = DEFAULT_QUEUE
+    unique_key: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    jitter: float | None = None
     history: tuple[Attempt, ...] = field(default=())
 
-    def view(self, default_max_retries: int, default_timeout: float) -> JobView:
+    def policy(self, settings: QueueSettings) -> RetryPolicy:
+        """The retry policy of this job: its own values over the queue settings."""
+        return RetryPolicy(
+            max_retries=settings.max_retries if self.max_retries is None else self.max_retries,
+            backoff_base=settings.backoff_base if self.backoff_base is None else self.backoff_base,
+            backoff_max=settings.backoff_max if self.backoff_max is None else self.backoff_max,
+            jitter=settings.jitter if self.jitter is None else self.jitter,
+            max_interruptions=settings.max_interruptions,
+        )
+
+    def view(self, settings: QueueSettings) -> JobView:
         """The job as clients see it, with the settings filled in."""
+        policy = self.policy(settings)
         return JobView(
             id=self.id,
             command=self.command,
+            queue=self.queue,
+            priority=self.priority,
+            unique_key=self.unique_key,
+            env=dict(self.env),
             cwd=self.cwd,
             owner_uid=self.owner_uid,
             idempotent=self.idempotent,
             state=self.state.value,
             attempts=self.attempts,
             interruptions=self.interruptions,
-            max_retries=default_max_retries if self.max_retries is None else self.max_retries,
-            timeout=default_timeout if self.timeout is None else self.timeout,
+            max_retries=policy.max_retries,
+            timeout=settings.default_timeout if self.timeout is None else self.timeout,
             created_at=self.created_at,
             updated_at=self.updated_at,
             run_at=self.run_at,
             last_exit_code=self.last_exit_code,
             last_error=self.last_error,
+            backoff_base=policy.backoff_base,
+            backoff_max=policy.backoff_max,
+            jitter=policy.jitter,
             history=[a.view() for a in self.history],
         )
 

@@ -137,13 +137,14 @@ def spawn_job(
     )
 
 
-QUEUE_TAG = "QUEUECTL_QUEUE"
+QUEUE_TAG = "QUEUECTL_STORE"
 
 
 def find_job_groups(queue: str, job_ids: set[str] | None = None) -> set[int]:
     """Process groups of jobs started by the queue ``queue`` (its database path).
 
-    Every job carries ``QUEUECTL_QUEUE`` and ``QUEUECTL_JOB_ID`` in its environment.
+    Every job carries ``QUEUECTL_STORE`` (its daemon's database) and ``QUEUECTL_JOB_ID``
+    in its environment.
     This finds jobs whose executor died before it could report their process group, and
     jobs left running by a daemon and executors killed together, so they can be stopped
     before the queue hands the same job out again. A job that scrubs its environment
@@ -171,7 +172,7 @@ def find_job_groups(queue: str, job_ids: set[str] | None = None) -> set[int]:
     return groups
 
 
-def signal_group(pgid: int, sig: signal.Signals) -> bool:
+def signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to a process group; False if the group no longer exists."""
     try:
         os.killpg(pgid, sig)

@@ -12,6 +12,7 @@ it at the claim, and ends when the interruption was noticed.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from queuectld.committer import Committer
 from queuectld.config import QueueSettings
 from queuectld.events import EventBus
 from queuectld.jobs import AttemptResult, Claim
-from queuectld.retry import RetryPolicy, next_step
+from queuectld.retry import next_step
 
 log = structlog.get_logger("queuectld.recorder")
 
@@ -69,25 +70,23 @@ class Recorder:
         finished_at: float,
         worker: str | None,
         started: bool = True,
+        retry_killed: bool = False,
     ) -> PendingOutcome:
         """The record of one attempt's end; ``started_at`` None keeps the claim's time."""
         job = claim.job
-        settings = self._settings()
-        max_retries = job.max_retries if job.max_retries is not None else settings.max_retries
+        policy = job.policy(self._settings())
+        max_retries = policy.max_retries
         step = next_step(
             outcome,
             job.attempts,
             job.interruptions,
             max_retries,
-            RetryPolicy(
-                max_retries=settings.max_retries,
-                backoff_base=settings.backoff_base,
-                backoff_max=settings.backoff_max,
-                max_interruptions=settings.max_interruptions,
-            ),
+            policy,
             finished_at,
             # A job that never reached an executor can always go back to the queue.
             idempotent=job.idempotent or not started,
+            retry_killed=retry_killed,
+            spread=random.random(),
         )
         result = AttemptResult(
             job_id=job.id,
@@ -181,7 +180,7 @@ class Recorder:
             fields["retry_at"] = result.run_at
             fields["retry"] = result.attempts
             fields["max_retries"] = o.max_retries
-        elif state is JobState.DEAD:
+        elif state in (JobState.DEAD, JobState.CANCELLED):
             fields["reason"] = result.job_error
         self._events.publish(state.value, **fields)
         level(

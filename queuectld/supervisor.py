@@ -311,22 +311,32 @@ class Supervisor:
             if count <= 0:
                 return
 
-    def revoke_all_queued(self) -> None:
-        """Every job waiting for a slot comes back (drain, scale down)."""
-        for executor in self.executors.values():
-            self._revoke_queued(executor)
+    def revoke_all_queued(self) -> list[str]:
+        """Every job waiting for a slot comes back (drain, scale down); their ids."""
+        return [job_id for e in self.executors.values() for job_id in self._revoke_queued(e)]
 
-    def _revoke_queued(self, executor: Executor) -> None:
+    def _revoke_queued(self, executor: Executor) -> list[str]:
         wanted = _waiting(executor)
         if wanted:
             executor.revoking.update(wanted)
             self._send(executor, Revoke(wanted).to_wire())
+        return wanted
 
     def cancel_running(self, job_ids: list[str] | None = None) -> None:
         """Stop running jobs now (all, or those named): TERM, grace, KILL; they end interrupted."""
         for executor in self.executors.values():
             if executor.state is not ExecutorState.EXITED and executor.held:
                 self._send(executor, Cancel(job_ids).to_wire())
+
+    def kill(self, job_id: str, signum: int) -> bool:
+        """A user's `kill`: ``signum`` to the job's group, SIGKILL after the grace period;
+        it ends ``killed`` (or comes back revoked if it had not started). False when no
+        executor holds the job."""
+        for executor in self.executors.values():
+            if job_id in executor.held and executor.state is not ExecutorState.EXITED:
+                self._send(executor, Cancel([job_id], signal=signum, killed=True).to_wire())
+                return True
+        return False
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no executor holds a job; False if ``timeout`` passed first."""

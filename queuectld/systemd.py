@@ -190,6 +190,13 @@ def listening_socket(fd: int) -> socket.socket:
     return sock
 
 
+# The daemon's own settings (QUEUECTLD_*) and the client's (QUEUECTL_SOCKET, tokens):
+# a job gets the QUEUECTL_* variables its executor sets for it, and no others.
+PRIVATE_PREFIXES = ("QUEUECTLD_", "QUEUECTL_")
+
+
 def hide_from_children(env: dict[str, str]) -> dict[str, str]:
     """A copy of ``env`` without the variables that belong to the daemon alone."""
-    return {k: v for k, v in env.items() if k not in PRIVATE_ENV}
+    return {
+        k: v for k, v in env.items() if k not in PRIVATE_ENV and not k.startswith(PRIVATE_PREFIXES)
+    }

@@ -11,12 +11,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from queuectl.errors import Conflict, InternalError, NotFound, QueuectlError, StorageFull
-from queuectl.protocol import JobState
+from queuectl.errors import Conflict, InternalError, QueuectlError, StorageFull
+from queuectl.protocol import JobState, SortKey
 from queuectld.jobs import Attempt, AttemptResult, Claim, Job, NewJob, can_transition
-from queuectld.store.base import Store
+from queuectld.queues import QueueLimits
+from queuectld.store.base import JobFilter, Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -39,6 +40,8 @@ def load_queries(text: str) -> dict[str, str]:
 _SQL = resources.files("queuectld.store") / "sql"
 Q = load_queries((_SQL / "queries.sql").read_text())
 SCHEMA = (_SQL / "schema.sql").read_text()
+# Scripts that bring a database of version N-1 to N (before SCHEMA adds what is new).
+MIGRATIONS = {2: (_SQL / "migrate_2.sql").read_text()}
 
 
 def _wrap(exc: sqlite3.Error) -> QueuectlError:
@@ -71,7 +74,26 @@ def _job(row: sqlite3.Row, history: tuple[Attempt, ...] = ()) -> Job:
         cwd=row["cwd"],
         owner_uid=row["owner_uid"],
         idempotent=bool(row["idempotent"]),
+        priority=row["priority"],
+        queue=row["queue"],
+        unique_key=row["unique_key"],
+        env=json.loads(row["env"]) if row["env"] else {},
+        backoff_base=row["backoff_base"],
+        backoff_max=row["backoff_max"],
+        jitter=row["jitter"],
         history=history,
+    )
+
+
+def _limits(row: sqlite3.Row) -> QueueLimits:
+    return QueueLimits(
+        name=row["name"],
+        concurrency=row["concurrency"],
+        rate_count=row["rate_count"],
+        rate_period=row["rate_period"],
+        paused=bool(row["paused"]),
+        tokens=row["tokens"],
+        tokens_at=row["tokens_at"],
     )
 
 
@@ -121,15 +143,29 @@ class SQLiteStore(Store):
                 f"({SCHEMA_VERSION}); upgrade queuectld"
             )
         if version < SCHEMA_VERSION:
+            # A migration rebuilds tables that others reference: foreign keys are checked
+            # again once it is done (the pragma cannot change inside a transaction).
+            db.execute("PRAGMA foreign_keys=OFF")
             db.execute("BEGIN IMMEDIATE")
             try:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    if version > 0 and step in MIGRATIONS:
+                        for statement in _statements(MIGRATIONS[step]):
+                            db.execute(statement)
                 for statement in _statements(SCHEMA):
                     db.execute(statement)
+                if version > 0:
+                    db.execute(Q["clear_counts"])
+                    db.execute(Q["recount_jobs"])
+                if db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                    raise InternalError(f"{self.path}: migration left broken references")
                 db.execute(Q["set_meta"], {"key": "schema_version", "value": str(SCHEMA_VERSION)})
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            finally:
+                db.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         if self._db is not None:
@@ -220,48 +256,72 @@ class SQLiteStore(Store):
         return ids
 
     def insert_jobs(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
-        ids = self._assign_ids(jobs)
-        out = [
-            Job(
-                id=job_id,
+        keys = [new.unique_key for new in jobs if new.unique_key is not None]
+        holders = {j.unique_key: j for j in self.unfinished_with_keys(keys)}
+        fresh = [new for new in jobs if new.unique_key is None or new.unique_key not in holders]
+        ids = iter(self._assign_ids(fresh))
+        out: list[Job] = []
+        rows: list[dict[str, Any]] = []
+        for new in jobs:
+            if new.unique_key is not None and new.unique_key in holders:
+                out.append(holders[new.unique_key])  # already there: stored once
+                continue
+            run_at = float(now if new.run_at is None else new.run_at)
+            job = Job(
+                id=next(ids),
                 command=new.command,
-                state=JobState.PENDING,
+                state=JobState.WAITING if run_at > now else JobState.PENDING,
                 attempts=0,
                 interruptions=0,
                 max_retries=None if new.max_retries is None else int(new.max_retries),
                 timeout=None if new.timeout is None else float(new.timeout),
                 created_at=now,
                 updated_at=now,
-                run_at=float(now if new.run_at is None else new.run_at),
+                run_at=run_at,
                 cwd=new.cwd,
                 owner_uid=new.owner_uid,
                 idempotent=bool(new.idempotent),
+                priority=new.priority,
+                queue=new.queue,
+                unique_key=new.unique_key,
+                env=dict(new.env),
+                backoff_base=new.backoff_base,
+                backoff_max=new.backoff_max,
+                jitter=new.jitter,
             )
-            for new, job_id in zip(jobs, ids, strict=True)
-        ]
-        rows = [
-            (
-                j.id,
-                j.command,
-                j.cwd,
-                j.owner_uid,
-                int(j.idempotent),
-                j.max_retries,
-                j.timeout,
-                now,
-                now,
-                j.run_at,
+            if job.unique_key is not None:
+                holders[job.unique_key] = job  # a later line with the key gets this job
+            out.append(job)
+            rows.append(
+                {
+                    "id": job.id,
+                    "command": job.command,
+                    "cwd": job.cwd,
+                    "owner_uid": job.owner_uid,
+                    "idempotent": int(job.idempotent),
+                    "max_retries": job.max_retries,
+                    "timeout": job.timeout,
+                    "state": job.state.value,
+                    "queue": job.queue,
+                    "priority": job.priority,
+                    "unique_key": job.unique_key,
+                    "env": json.dumps(job.env) if job.env else None,
+                    "backoff_base": job.backoff_base,
+                    "backoff_max": job.backoff_max,
+                    "jitter": job.jitter,
+                    "now": now,
+                    "run_at": job.run_at,
+                }
             )
-            for j in out
-        ]
         try:
             # One statement for the whole batch; its own savepoint, so a conflict can be
             # named below on the state from before the batch.
             with self.savepoint():
-                self.db.executemany(Q["insert_jobs"], rows)
+                self._executemany_raw("insert_jobs", rows)
         except sqlite3.IntegrityError as exc:
             seen: set[str] = set()
-            for job_id in ids:
+            for row in rows:
+                job_id = row["id"]
                 if job_id in seen or self._run("job_exists", {"id": job_id}).fetchone():
                     raise Conflict(
                         f"a job with id {job_id!r} already exists; choose another id"
@@ -271,6 +331,20 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise _wrap(exc) from exc
         return out
+
+    def _executemany_raw(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+        """executemany without the error wrapping (the caller names integrity errors)."""
+        if rows:
+            self.db.executemany(Q[name], rows)
+
+    def unfinished_with_keys(self, keys: Sequence[str]) -> list[Job]:
+        if not keys:
+            return []
+        return [_job(r) for r in self._run("unfinished_with_keys", {"keys": json.dumps(keys)})]
+
+    def get_jobs(self, ids: Sequence[str]) -> dict[str, Job]:
+        rows = self._run("jobs_by_ids", {"ids": json.dumps(list(ids))})
+        return {r["id"]: _job(r) for r in rows}
 
     def get_job(self, job_id: str, with_history: bool = False) -> Job | None:
         row = self._run("get_job", {"id": job_id}).fetchone()
@@ -292,47 +366,102 @@ class SQLiteStore(Store):
             )
         return _job(row, history)
 
-    def list_jobs(
-        self, state: JobState | None, limit: int, offset: int, owner_uid: int | None = None
-    ) -> list[Job]:
-        params: dict[str, Any] = {"limit": limit, "offset": offset, "owner_uid": owner_uid}
-        query = "list_jobs" if owner_uid is None else "list_jobs_of_owner"
-        if state is not None:
-            query += "_in_state"
-            params["state"] = state.value
-        return [_job(r) for r in self._run(query, params)]
+    def find_jobs(self, where: JobFilter, limit: int, offset: int) -> list[Job]:
+        if where.queue is None and where.since is None and where.sort is SortKey.OLDEST:
+            # The common listings, each on an index of its own.
+            params: dict[str, Any] = {
+                "limit": limit,
+                "offset": offset,
+                "owner_uid": where.owner_uid,
+            }
+            query = "list_jobs" if where.owner_uid is None else "list_jobs_of_owner"
+            if where.state is not None:
+                query += "_in_state"
+                params["state"] = where.state.value
+            return [_job(r) for r in self._run(query, params)]
+        params = {**self._filter(where), "limit": limit, "offset": offset}
+        return [_job(r) for r in self._run(f"list_jobs_filtered_{where.sort.value}", params)]
 
-    def count_by_state(self, owner_uid: int | None = None) -> dict[JobState, int]:
-        counts = {s: 0 for s in JobState}
+    def count_jobs(self, where: JobFilter) -> int:
+        return int(self._run("count_jobs_filtered", self._filter(where)).fetchone()["n"])
+
+    @staticmethod
+    def _filter(where: JobFilter) -> dict[str, Any]:
+        return {
+            "state": None if where.state is None else where.state.value,
+            "queue": where.queue,
+            "owner_uid": where.owner_uid,
+            "since": where.since if where.since is not None else float("-inf"),
+        }
+
+    def count_by_queue(self, owner_uid: int | None = None) -> dict[str, dict[JobState, int]]:
         if owner_uid is None:
-            rows = self._run("count_by_state")
+            rows = self._run("count_by_queue")
         else:
-            rows = self._run("count_by_state_of_owner", {"owner_uid": owner_uid})
+            rows = self._run("count_by_queue_of_owner", {"owner_uid": owner_uid})
+        out: dict[str, dict[JobState, int]] = {}
         for row in rows:
-            counts[JobState(row["state"])] = row["n"]
-        return counts
+            if row["n"]:
+                out.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
+        return out
 
-    def claim_due(
-        self, owner: str, limit: int, now: float, default_timeout: float, lease_margin: float
+    def promote_due(self, now: float) -> int:
+        return self._run("promote_due", {"now": now}).rowcount
+
+    def claim_from_queues(
+        self,
+        owner: str,
+        allowed: dict[str, int],
+        limit: int,
+        now: float,
+        default_timeout: float,
+        lease_margin: float,
     ) -> list[Claim]:
+        candidates: list[tuple[int, float, int]] = []  # claim order: the index's
+        for queue, n in allowed.items():
+            rows = self._run("ready_in_queue", {"queue": queue, "limit": min(n, limit)})
+            candidates += [(-r["priority"], r["run_at"], r["seq"]) for r in rows]
+        if not candidates:
+            return []
+        chosen = [seq for _, _, seq in sorted(candidates)[:limit]]
         params = {
             "now": now,
             "owner": owner,
-            "limit": limit,
+            "seqs": json.dumps(chosen),
             "default_timeout": default_timeout,
             "lease_margin": lease_margin,
         }
-        rows = self._run("claim_due", params).fetchall()
-        rows.sort(key=lambda r: (r["run_at"], r["seq"]))  # RETURNING keeps no order
+        claimed = self._run("claim_seqs", params).fetchall()
+        claimed.sort(key=lambda r: (-r["priority"], r["run_at"], r["seq"]))  # RETURNING: no order
         self._run_many(
             "insert_attempt",
-            [{"seq": r["seq"], "attempt": r["runs"], "owner": owner, "now": now} for r in rows],
+            [{"seq": r["seq"], "attempt": r["runs"], "owner": owner, "now": now} for r in claimed],
         )
-        return [Claim(job=_job(r), attempt=r["runs"], lease_token=r["lease_token"]) for r in rows]
+        return [
+            Claim(job=_job(r), attempt=r["runs"], lease_token=r["lease_token"]) for r in claimed
+        ]
 
-    def next_due_at(self) -> float | None:
-        row = self._run("next_due_at").fetchone()
+    def next_timed_at(self) -> float | None:
+        row = self._run("next_timed_at").fetchone()
         return None if row is None else float(row["run_at"])
+
+    def queue_limits(self) -> dict[str, QueueLimits]:
+        return {r["name"]: _limits(r) for r in self._run("queue_settings")}
+
+    def set_queue(self, limits: QueueLimits) -> None:
+        self._run(
+            "upsert_queue",
+            {
+                "name": limits.name,
+                "concurrency": limits.concurrency,
+                "rate_count": limits.rate_count,
+                "rate_period": limits.rate_period,
+                "paused": int(limits.paused),
+            },
+        )
+
+    def set_tokens(self, name: str, tokens: float, now: float) -> None:
+        self._run("set_tokens", {"name": name, "tokens": tokens, "now": now})
 
     def _leases(self, ids: Sequence[str]) -> dict[str, sqlite3.Row]:
         rows = self._run("leases_of", {"ids": json.dumps(list(ids))}).fetchall()
@@ -426,16 +555,32 @@ class SQLiteStore(Store):
             claims.append(Claim(job=_job(row), attempt=row["runs"], lease_token=row["lease_token"]))
         return claims
 
-    def retry_dead(self, job_id: str, now: float) -> Job:
-        row = self._run("retry_dead", {"id": job_id, "now": now}).fetchone()
-        if row is not None:
-            return _job(row)
-        job = self.get_job(job_id)
-        if job is None:
-            raise NotFound(f"no job with id {job_id!r}")
-        raise Conflict(
-            f"job {job_id!r} is {job.state.value}, not dead; only jobs in the DLQ can be retried"
-        )
+    def restart_jobs(self, ids: Sequence[str], now: float, states: Sequence[JobState]) -> list[Job]:
+        params = {
+            "ids": json.dumps(list(ids)),
+            "now": now,
+            "states": json.dumps([s.value for s in states]),
+        }
+        try:
+            with self.savepoint():
+                rows = self.db.execute(Q["retry_jobs"], params).fetchall()
+        except sqlite3.IntegrityError:
+            # The unique-key index: another unfinished job holds a retried job's key.
+            jobs = self.get_jobs(ids)
+            keys = [j.unique_key for j in jobs.values() if j.unique_key is not None]
+            for holder in self.unfinished_with_keys(keys):
+                raise Conflict(
+                    f"job {holder.id!r} holds the unique key {holder.unique_key!r} and is "
+                    f"{holder.state.value}; retry once it is finished"
+                ) from None
+            raise
+        except sqlite3.Error as exc:
+            raise _wrap(exc) from exc
+        return [_job(r) for r in rows]
+
+    def mark_cancelled(self, ids: Sequence[str], now: float, reason: str) -> list[Job]:
+        params = {"ids": json.dumps(list(ids)), "now": now, "reason": reason}
+        return [_job(r) for r in self._run("cancel_jobs", params)]
 
     # -- settings -------------------------------------------------------------
 

@@ -95,7 +95,8 @@ def test_store_on_a_full_disk(
         else:
             pytest.fail("the store never reported storage_full")
         # Reads still work on a full disk.
-        assert c.status()["counts"]["pending"] == 20 + len(accepted)
+        counts = c.status()["counts"]
+        assert (counts["waiting"], counts["pending"]) == (20, len(accepted))
     # Through the CLI: exit status 1 and one clear sentence.
     big = "echo " + "y" * 60_000
     result = daemon.cli("enqueue", "--id", "cli-full", "--", big)

@@ -40,7 +40,14 @@ HELLO = msgpack.packb({"hello": "fuzz", "version": 1})
 SKIPPED_OPS = {Op.SHUTDOWN, Op.WORKERS_SET, Op.WORKERS_STOP, Op.WATCH}
 FUZZ_OPS = [op for op in Op if op not in SKIPPED_OPS]
 OP_NAMES = {op.value for op in Op}
-MUTATING = {Op.ENQUEUE, Op.ENQUEUE_BATCH, Op.CONFIG_SET}
+MUTATING = {
+    Op.ENQUEUE,
+    Op.ENQUEUE_BATCH,
+    Op.CONFIG_SET,
+    Op.CANCEL,
+    Op.RETRY,
+    Op.QUEUE_SET,
+}
 
 
 def frame(body: bytes) -> bytes:
@@ -70,9 +77,13 @@ class Target:
             return
         result = reply["result"]
         if op is Op.ENQUEUE:
-            self.jobs[result["id"]] = "pending"
+            self.jobs[result["id"]] = result["state"]  # pending, or waiting for a delay
         elif op is Op.ENQUEUE_BATCH:
-            self.jobs.update(dict.fromkeys(result["ids"], "pending"))
+            with self.daemon.client() as c:
+                for job_id in result["ids"]:
+                    self.jobs[job_id] = c.get_job(job_id)["state"]
+        elif op in (Op.CANCEL, Op.RETRY):
+            self.jobs.update((j["id"], j["state"]) for j in result["jobs"])
         elif op is Op.CONFIG_SET:
             self.settings[result["key"]] = result["value"]
         self.accepted.append((op.value, result))
@@ -85,7 +96,7 @@ class Target:
         jobs, config, counts = self.snapshot()
         assert jobs == self.jobs, "the store changed under refused requests"
         assert config == self.settings
-        assert counts["pending"] == len(self.jobs) and counts["processing"] == 0
+        assert sum(counts.values()) == len(self.jobs) and counts["processing"] == 0
         rss = self.daemon.rss_kb()
         assert rss < self.rss_kb + 64 * 1024, f"RSS grew from {self.rss_kb} to {rss} kB"
 

@@ -36,7 +36,7 @@ def test_every_state_survives_a_restart(daemon: QueueDaemon, tmp_path: Path) -> 
         "done": "completed",
         "dead": "dead",
         "retrying": "failed",
-        "delayed": "pending",
+        "delayed": "waiting",
         "waiting": "pending",
     }
     for job_id in before:

@@ -252,12 +252,12 @@ def test_claim_order_is_run_at_then_enqueue_order(store: Store) -> None:
 
 def test_claim_skips_jobs_not_yet_due(store: Store) -> None:
     insert(store, NewJob("true", id="later", run_at=T0 + 100))
-    assert one(store, lambda s: s.next_due_at()) == T0 + 100
+    assert one(store, lambda s: s.next_due_at(T0)) == T0 + 100
     assert claim(store, now=T0 + 99.9) == []
-    assert get(store, "later").state is JobState.PENDING
+    assert get(store, "later").state is JobState.WAITING
     (c,) = claim(store, now=T0 + 100)
     assert c.job.id == "later"
-    assert one(store, lambda s: s.next_due_at()) is None
+    assert one(store, lambda s: s.next_due_at(T0)) is None
 
 
 def test_claim_leases_the_job_and_starts_an_attempt(store: Store) -> None:
@@ -356,7 +356,7 @@ def test_failure_waits_for_its_retry_and_history_grows(store: Store) -> None:
         1,
         "exit code 1",
     )
-    assert one(store, lambda s: s.next_due_at()) == T0 + 3
+    assert one(store, lambda s: s.next_due_at(T0)) == T0 + 3
     assert claim(store, now=T0 + 2.9) == []
     (c2,) = claim(store, now=T0 + 3)
     assert c2.attempt == 2 and c2.job.attempts == 1
@@ -463,10 +463,12 @@ def test_count_by_state_follows_every_transition(store: Store) -> None:
     assert not finish(store, c["c4"], JobState.COMPLETED, token="stale")  # refused: no change
     assert counts(store) == {
         JobState.PENDING: 2,
+        JobState.WAITING: 0,
         JobState.PROCESSING: 1,
         JobState.COMPLETED: 1,
         JobState.FAILED: 1,
         JobState.DEAD: 1,
+        JobState.CANCELLED: 0,
     }
     one(store, lambda s: s.retry_dead("c2", T0))
     assert_counts_match(store)

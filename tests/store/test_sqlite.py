@@ -91,13 +91,17 @@ def test_schema_version_is_recorded_in_meta(tmp_path: Path) -> None:
     newer.close()
 
 
-def test_claim_and_next_due_use_the_jobs_due_index(sqlite_store: SQLiteStore) -> None:
+def test_claim_and_next_due_use_the_partial_indexes(sqlite_store: SQLiteStore) -> None:
     db = sqlite_store.db
     db.execute("ANALYZE")
-    params = {"now": T0, "limit": 1, "owner": "n", "default_timeout": 1.0, "lease_margin": 1.0}
-    for name in ("claim_due", "next_due_at"):
+    params = {"now": T0, "limit": 1, "queue": "default"}
+    for name, index in (
+        ("ready_in_queue", "jobs_ready"),
+        ("next_timed_at", "jobs_timed"),
+        ("promote_due", "jobs_timed"),
+    ):
         text = plan(db, Q[name], params)
-        assert "jobs_due" in text, text
+        assert index in text, text
         assert "TEMP B-TREE" not in text, text  # no sort: the index gives the order
 
 
@@ -134,7 +138,9 @@ def test_a_batch_costs_a_constant_number_of_statements(sqlite_store: SQLiteStore
 
     small, large = statements(5), statements(50)
     assert small == large
-    assert len(large) <= 10, large
+    # promote, counts, queue settings, one read per queue with ready jobs, the claim,
+    # the attempts rows; then the record and the give-back.
+    assert len(large) <= 13, large
 
 
 def test_counts_kept_by_triggers_match_the_rows(sqlite_store: SQLiteStore) -> None:
@@ -177,3 +183,63 @@ def test_claim_cost_does_not_grow_with_waiting_jobs(tmp_path: Path) -> None:
     finally:
         small.close()
         large.close()
+
+
+def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
+    """Upgrading queuectld keeps every job: states, attempts, leases; counts rebuilt."""
+    path = tmp_path / "queue.db"
+    raw = sqlite3.connect(path)
+    raw.executescript((Path(__file__).parent / "schema_v1.sql").read_text())
+    raw.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    rows = [
+        # id, state, run_at, updated_at: a delayed pending job becomes waiting
+        ("now", "pending", T0, T0),
+        ("delayed", "pending", T0 + 500, T0),
+        ("retrying", "failed", T0 + 50, T0),
+        ("running", "processing", T0, T0),
+        ("done", "completed", T0, T0),
+    ]
+    for job_id, state, run_at, updated in rows:
+        raw.execute(
+            "INSERT INTO jobs (id, command, state, created_at, updated_at, run_at, runs,"
+            " lease_token) VALUES (?, 'true', ?, ?, ?, ?, 1, 'tok')",
+            (job_id, state, T0, updated, run_at),
+        )
+    seq = raw.execute("SELECT seq FROM jobs WHERE id = 'done'").fetchone()[0]
+    raw.execute("INSERT INTO attempts (job_seq, attempt, started_at) VALUES (?, 1, ?)", (seq, T0))
+    raw.commit()
+    raw.close()
+
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        with store.transaction():
+            jobs = {j.id: j for j in store.iter_all()}
+            assert {k: j.state.value for k, j in jobs.items()} == {
+                "now": "pending",
+                "delayed": "waiting",
+                "retrying": "failed",
+                "running": "processing",
+                "done": "completed",
+            }
+            assert all(j.queue == "default" and j.priority == 0 for j in jobs.values())
+            assert jobs["running"].lease_token == "tok"
+            done = store.get_job("done", with_history=True)
+            assert done is not None and len(done.history) == 1
+            assert store.count_by_queue() == {
+                "default": {
+                    JobState.PENDING: 1,
+                    JobState.WAITING: 1,
+                    JobState.FAILED: 1,
+                    JobState.PROCESSING: 1,
+                    JobState.COMPLETED: 1,
+                }
+            }
+            assert [c.job.id for c in store.claim_due("n", 10, T0 + 100, 10.0, 1.0)] == [
+                "now",
+                "retrying",
+            ]
+            assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        store.close()

@@ -92,10 +92,18 @@ def test_status_lists_every_state_and_the_workers() -> None:
     )
     out = render.status(view)
     rows: dict[str, str] = {}
-    for line in out.splitlines()[2:7]:  # the five state rows
+    for line in out.splitlines()[2:9]:  # the seven state rows
         state, count = line.split("|")
         rows[state.strip()] = count.strip()
-    assert rows == {"pending": "2", "processing": "0", "completed": "5", "failed": "0", "dead": "0"}
+    assert rows == {
+        "pending": "2",
+        "waiting": "0",
+        "processing": "0",
+        "completed": "5",
+        "failed": "0",
+        "dead": "0",
+        "cancelled": "0",
+    }
     assert "workers: 1 running / 2 desired, 1 busy" in out
     assert "draining" not in out
     assert "draining" in render.status({**view, "draining": True})

@@ -122,7 +122,7 @@ def test_next_step_is_always_a_legal_transition(
     assert step.run_at >= NOW
     assert step.attempts in (attempts, attempts + 1)
     assert step.interruptions in (interruptions, interruptions + 1)
-    assert (step.state is JobState.DEAD) == (step.reason is not None)
+    assert (step.state in (JobState.DEAD, JobState.CANCELLED)) == (step.reason is not None)
     if step.state is JobState.FAILED:
         assert step.attempts <= max_retries
 
@@ -130,7 +130,10 @@ def test_next_step_is_always_a_legal_transition(
 def test_transition_table() -> None:
     assert can_transition(JobState.PENDING, JobState.PROCESSING)
     assert can_transition(JobState.DEAD, JobState.PENDING)
-    assert not can_transition(JobState.COMPLETED, JobState.PENDING)
+    assert can_transition(JobState.COMPLETED, JobState.PENDING)  # `retry`
+    assert not can_transition(JobState.COMPLETED, JobState.PROCESSING)
+    assert not can_transition(JobState.WAITING, JobState.PROCESSING)  # promoted first
+    assert not can_transition(JobState.CANCELLED, JobState.PROCESSING)
     assert not can_transition(JobState.PENDING, JobState.COMPLETED)
     assert not can_transition(JobState.PROCESSING, JobState.PROCESSING)
     assert set(TRANSITIONS) == set(JobState)

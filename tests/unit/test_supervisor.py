@@ -128,4 +128,4 @@ async def test_cancel_reaches_executors_holding_jobs() -> None:
     sup.cancel_running(["a"])
     await settle()
     cancels = [m for p in procs for m in p.sent("cancel")]
-    assert cancels == [{"kind": "cancel", "job_ids": ["a"]}]
+    assert cancels == [{"kind": "cancel", "job_ids": ["a"], "signal": 15, "killed": False}]

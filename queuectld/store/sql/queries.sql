@@ -10,17 +10,22 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 -- name: job_exists
 SELECT 1 FROM jobs WHERE id = :id;
 
--- name: insert_job
-INSERT INTO jobs (id, command, cwd, owner_uid, idempotent, state, max_retries, timeout,
-                  created_at, updated_at, run_at)
-VALUES (:id, :command, :cwd, :owner_uid, :idempotent, 'pending', :max_retries, :timeout,
-        :now, :now, :run_at)
-RETURNING *;
-
 -- name: insert_jobs
-INSERT INTO jobs (id, command, cwd, owner_uid, idempotent, max_retries, timeout,
-                  state, created_at, updated_at, run_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?);
+INSERT INTO jobs (id, command, cwd, owner_uid, idempotent, max_retries, timeout, state,
+                  queue, priority, unique_key, env, backoff_base, backoff_max, jitter,
+                  created_at, updated_at, run_at)
+VALUES (:id, :command, :cwd, :owner_uid, :idempotent, :max_retries, :timeout, :state,
+        :queue, :priority, :unique_key, :env, :backoff_base, :backoff_max, :jitter,
+        :now, :now, :run_at);
+
+-- name: unfinished_with_keys
+-- The unfinished job holding each unique key named in the JSON array :keys.
+SELECT * FROM jobs
+WHERE unique_key IN (SELECT value FROM json_each(:keys))
+  AND state IN ('pending', 'waiting', 'processing', 'failed');
+
+-- name: jobs_by_ids
+SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: get_job
 SELECT * FROM jobs WHERE id = :id;
@@ -41,33 +46,102 @@ SELECT * FROM jobs WHERE owner_uid = :owner_uid ORDER BY seq LIMIT :limit OFFSET
 SELECT * FROM jobs INDEXED BY jobs_owner
 WHERE owner_uid = :owner_uid AND state = :state ORDER BY seq LIMIT :limit OFFSET :offset;
 
+-- name: list_jobs_filtered_oldest
+-- Any filter left NULL matches every job.
+SELECT * FROM jobs
+WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
+  AND (:owner_uid IS NULL OR owner_uid = :owner_uid) AND created_at >= :since
+ORDER BY seq LIMIT :limit OFFSET :offset;
+
+-- name: list_jobs_filtered_newest
+SELECT * FROM jobs
+WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
+  AND (:owner_uid IS NULL OR owner_uid = :owner_uid) AND created_at >= :since
+ORDER BY seq DESC LIMIT :limit OFFSET :offset;
+
+-- name: list_jobs_filtered_priority
+SELECT * FROM jobs
+WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
+  AND (:owner_uid IS NULL OR owner_uid = :owner_uid) AND created_at >= :since
+ORDER BY priority DESC, run_at, seq LIMIT :limit OFFSET :offset;
+
+-- name: list_jobs_filtered_run_at
+SELECT * FROM jobs
+WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
+  AND (:owner_uid IS NULL OR owner_uid = :owner_uid) AND created_at >= :since
+ORDER BY run_at, seq LIMIT :limit OFFSET :offset;
+
+-- name: count_jobs_filtered
+SELECT COUNT(*) AS n FROM jobs
+WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
+  AND (:owner_uid IS NULL OR owner_uid = :owner_uid) AND created_at >= :since;
+
 -- name: count_by_state
-SELECT state, n FROM job_counts;
+SELECT state, SUM(n) AS n FROM job_counts GROUP BY state;
+
+-- name: count_by_queue
+SELECT queue, state, n FROM job_counts WHERE n <> 0;
 
 -- name: count_by_state_of_owner
 SELECT state, COUNT(*) AS n FROM jobs WHERE owner_uid = :owner_uid GROUP BY state;
 
--- name: claim_due
+-- name: count_by_queue_of_owner
+SELECT queue, state, COUNT(*) AS n FROM jobs WHERE owner_uid = :owner_uid
+GROUP BY queue, state;
+
+-- name: clear_counts
+DELETE FROM job_counts;
+
+-- name: recount_jobs
+-- Rebuild the per-queue counts from the rows (after a migration).
+INSERT INTO job_counts (queue, state, n) SELECT queue, state, COUNT(*) FROM jobs
+GROUP BY queue, state;
+
+-- name: promote_due
+-- Waiting and failed jobs whose time has come join their queue's ready jobs.
+UPDATE jobs INDEXED BY jobs_timed SET state = 'pending', updated_at = :now
+WHERE state IN ('waiting', 'failed') AND run_at <= :now;
+
+-- name: queue_settings
+SELECT * FROM queues;
+
+-- name: ready_in_queue
+-- The next ready jobs of one queue in claim order: a descent of jobs_ready.
+SELECT seq, priority, run_at FROM jobs INDEXED BY jobs_ready
+WHERE state = 'pending' AND queue = :queue
+ORDER BY priority DESC, run_at, seq LIMIT :limit;
+
+-- name: claim_seqs
 -- One statement for the whole batch; each job gets its own random lease token.
 UPDATE jobs
 SET state = 'processing', runs = runs + 1, updated_at = :now,
     lease_owner = :owner, lease_token = lower(hex(randomblob(8))),
     lease_expires_at = :now + COALESCE(timeout, :default_timeout) + :lease_margin
-WHERE seq IN (
-    SELECT seq FROM jobs INDEXED BY jobs_due
-    WHERE state IN ('pending', 'failed') AND run_at <= :now
-    ORDER BY run_at, seq
-    LIMIT :limit
-)
+WHERE seq IN (SELECT value FROM json_each(:seqs)) AND state = 'pending'
 RETURNING *;
+
+-- name: set_tokens
+UPDATE queues SET tokens = :tokens, tokens_at = :now WHERE name = :name;
+
+-- name: upsert_queue
+-- A changed rate starts a full bucket; an unchanged one keeps its tokens.
+INSERT INTO queues (name, concurrency, rate_count, rate_period, paused)
+VALUES (:name, :concurrency, :rate_count, :rate_period, :paused)
+ON CONFLICT (name) DO UPDATE SET
+    concurrency = excluded.concurrency, rate_count = excluded.rate_count,
+    rate_period = excluded.rate_period, paused = excluded.paused,
+    tokens = CASE WHEN excluded.rate_count IS rate_count AND excluded.rate_period IS rate_period
+                  THEN tokens END,
+    tokens_at = CASE WHEN excluded.rate_count IS rate_count
+                      AND excluded.rate_period IS rate_period THEN tokens_at END;
+
+-- name: next_timed_at
+SELECT run_at FROM jobs INDEXED BY jobs_timed
+WHERE state IN ('waiting', 'failed') ORDER BY run_at LIMIT 1;
 
 -- name: insert_attempt
 INSERT INTO attempts (job_seq, attempt, lease_owner, started_at)
 VALUES (:seq, :attempt, :owner, :now);
-
--- name: next_due_at
-SELECT run_at FROM jobs INDEXED BY jobs_due
-WHERE state IN ('pending', 'failed') ORDER BY run_at, seq LIMIT 1;
 
 -- name: leases_of
 -- The lease of each job named in the JSON array :ids (checked before a batch update).
@@ -103,11 +177,19 @@ SELECT * FROM jobs WHERE state = 'processing' ORDER BY seq;
 -- name: leased_jobs_of_owner
 SELECT * FROM jobs WHERE state = 'processing' AND lease_owner = :owner ORDER BY seq;
 
--- name: retry_dead
+-- name: cancel_jobs
+UPDATE jobs
+SET state = 'cancelled', updated_at = :now, last_error = :reason
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('pending', 'waiting', 'failed')
+RETURNING *;
+
+-- name: retry_jobs
+-- A finished job runs again from scratch; its attempts history is kept.
 UPDATE jobs
 SET state = 'pending', attempts = 0, interruptions = 0, run_at = :now, updated_at = :now,
     last_error = NULL
-WHERE id = :id AND state = 'dead'
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND state IN (SELECT value FROM json_each(:states))
 RETURNING *;
 
 -- name: get_settings
