@@ -225,8 +225,13 @@ def pickup(samples: int = 100) -> dict[str, float]:
     return {"p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "samples": len(lat)}
 
 
+CLAIM_QUEUES = ("default", "mail", "reports", "etl")
+
+
 def build_store(path: Path, pending: int) -> None:
-    """A queue database holding ``pending`` waiting jobs (made through the store itself)."""
+    """A queue database holding ``pending`` jobs (made through the store itself), spread
+    over four queues and 21 priorities, one in ten delayed by a day: the claim's index
+    holds every part of its order."""
     from queuectld.jobs import NewJob
     from queuectld.store.sqlite import SQLiteStore
 
@@ -235,7 +240,16 @@ def build_store(path: Path, pending: int) -> None:
     try:
         now = time.time()
         for start in range(0, pending, 10_000):
-            batch = [NewJob("true", id=f"j{i}") for i in range(start, min(pending, start + 10_000))]
+            batch = [
+                NewJob(
+                    "true",
+                    id=f"j{i}",
+                    queue=CLAIM_QUEUES[i % len(CLAIM_QUEUES)],
+                    priority=i % 21 - 10,
+                    run_at=now + 86400 if i % 10 == 9 else None,
+                )
+                for i in range(start, min(pending, start + 10_000))
+            ]
             with store.transaction():
                 store.insert_jobs(batch, now)
     finally:

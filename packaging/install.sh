@@ -32,6 +32,10 @@ DESTDIR=${DESTDIR:-}
 UNITDIR=/usr/local/lib/systemd/system
 USERUNITDIR=/usr/local/lib/systemd/user
 BINDIR=/usr/local/bin
+# Shell completion (click's own), where each shell looks for packaged completions.
+BASH_COMPLETION=/usr/share/bash-completion/completions/queuectl
+ZSH_COMPLETION=/usr/share/zsh/vendor-completions/_queuectl
+FISH_COMPLETION=/usr/share/fish/vendor_completions.d/queuectl.fish
 DOCDIR=/usr/local/share/doc/queuectl
 CONFDIR=/etc/queuectl
 NAME=queuectl
@@ -66,7 +70,8 @@ uninstall() {
     rm -f "$DESTDIR$UNITDIR/queuectld.service" "$DESTDIR$UNITDIR/queuectld.socket" \
           "$DESTDIR$USERUNITDIR/queuectld.service" \
           "$DESTDIR$BINDIR/queuectl" "$DESTDIR$BINDIR/queuectld" \
-          "$DESTDIR/etc/logrotate.d/queuectld"
+          "$DESTDIR/etc/logrotate.d/queuectld" \
+          "$DESTDIR$BASH_COMPLETION" "$DESTDIR$ZSH_COMPLETION" "$DESTDIR$FISH_COMPLETION"
     rm -rf "$DESTDIR$PREFIX" "$DESTDIR$DOCDIR"
     if have_systemd; then
         systemctl daemon-reload
@@ -117,6 +122,10 @@ install_program() {
     mkdir -p "$DESTDIR$BINDIR"
     ln -sfn "$PREFIX/current/bin/queuectl" "$DESTDIR$BINDIR/queuectl"
     ln -sfn "$PREFIX/current/bin/queuectld" "$DESTDIR$BINDIR/queuectld"
+    for pair in "bash:$BASH_COMPLETION" "zsh:$ZSH_COMPLETION" "fish:$FISH_COMPLETION"; do
+        install -d "$DESTDIR$(dirname "${pair#*:}")"
+        "$DESTDIR$release/bin/queuectl" completion "${pair%%:*}" > "$DESTDIR${pair#*:}"
+    done
     # Keep the two newest releases (the previous one for a rollback).
     # shellcheck disable=SC2012
     ls -1d "$DESTDIR$PREFIX/releases/"* | sort | head -n -2 | while read -r old; do

@@ -502,6 +502,28 @@ def _follow(client: Client, until_idle: bool, timed: bool = False, as_json: bool
             raise
 
 
+# -- shell completion --------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (click's own).
+
+    \b
+      queuectl completion bash > ~/.local/share/bash-completion/completions/queuectl
+      queuectl completion zsh > "${fpath[1]}/_queuectl"
+      queuectl completion fish > ~/.config/fish/completions/queuectl.fish
+
+    `make install-service` installs all three system-wide.
+    """
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    assert complete is not None  # the three choices are click's built-in shells
+    click.echo(complete(cli, {}, "queuectl", "_QUEUECTL_COMPLETE").source())
+
+
 # -- reading ---------------------------------------------------------------------
 
 

@@ -267,3 +267,28 @@ def test_the_python_client_covers_job_control(daemon: QueueDaemon, tmp_path: Pat
         jobs, total = c.list_jobs(queue="py", sort="newest")
         assert total == 1 and jobs[0]["id"] == "py1"
     assert os.path.isdir(tmp_path)
+
+
+def test_shell_completion_and_version(daemon: QueueDaemon) -> None:
+    for shell, marker in (
+        ("bash", "complete -o"),
+        ("zsh", "#compdef queuectl"),
+        ("fish", "complete"),
+    ):
+        script = daemon.cli("completion", shell)
+        assert marker in script and "_QUEUECTL_COMPLETE" in script
+    # What the bash script asks the program: `queuectl qu<TAB>` offers `queue`.
+    proc = subprocess.run(
+        queuectl_command(),
+        env={
+            **daemon.cli_env(),
+            "COMP_WORDS": "queuectl qu",
+            "COMP_CWORD": "1",
+            "_QUEUECTL_COMPLETE": "bash_complete",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "plain,queue" in proc.stdout
+    assert daemon.cli("--version").startswith("queuectl, version ")
