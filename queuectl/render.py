@@ -118,8 +118,14 @@ def shorten(text: str, width: int = 48) -> str:
     return _elide(one_line(text), width)
 
 
+# The seed's status table; a state of job control (waiting, cancelled) gets its row
+# when it holds a job.
+SEED_STATES = ("pending", "processing", "completed", "failed", "dead")
+
+
 def status(view: StatusView) -> str:
-    rows = [(state, view["counts"].get(state, 0)) for state in STATES]
+    counts = view["counts"]
+    rows = [(s, counts.get(s, 0)) for s in STATES if s in SEED_STATES or counts.get(s, 0)]
     w = view["workers"]
     out = table(("state", "count"), rows)
     by_queue = view.get("queues") or {}

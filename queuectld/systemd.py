@@ -190,13 +190,22 @@ def listening_socket(fd: int) -> socket.socket:
     return sock
 
 
-# The daemon's own settings (QUEUECTLD_*) and the client's (QUEUECTL_SOCKET, tokens):
-# a job gets the QUEUECTL_* variables its executor sets for it, and no others.
-PRIVATE_PREFIXES = ("QUEUECTLD_", "QUEUECTL_")
+# The daemon's own settings (QUEUECTLD_*), the socket it was told to serve, and any
+# queuectl token (QUEUECTL_*TOKEN*). QUEUECTL_HOME stays: a job's own `queuectl enqueue`
+# reaches the daemon that runs it.
+PRIVATE_PREFIX = "QUEUECTLD_"
+PRIVATE_CLIENT_ENV = ("QUEUECTL_SOCKET",)
+
+
+def _private(name: str) -> bool:
+    return (
+        name in PRIVATE_ENV
+        or name in PRIVATE_CLIENT_ENV
+        or name.startswith(PRIVATE_PREFIX)
+        or (name.startswith("QUEUECTL") and "TOKEN" in name)
+    )
 
 
 def hide_from_children(env: dict[str, str]) -> dict[str, str]:
     """A copy of ``env`` without the variables that belong to the daemon alone."""
-    return {
-        k: v for k, v in env.items() if k not in PRIVATE_ENV and not k.startswith(PRIVATE_PREFIXES)
-    }
+    return {k: v for k, v in env.items() if not _private(k)}

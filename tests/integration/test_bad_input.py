@@ -66,7 +66,7 @@ DAEMON_REFUSALS: list[tuple[str, list[str], str]] = [
     ("timeout-a-string", ["enqueue", '{"command":"true","timeout":"soon"}'], "timeout"),
     ("timeout-zero", ["enqueue", '{"command":"true","timeout":0}'], "timeout"),
     ("id-a-number", ["enqueue", '{"command":"true","id":7}'], "id"),
-    ("unknown-field", ["enqueue", '{"command":"true","priority":1}'], "priority"),
+    ("unknown-field", ["enqueue", '{"command":"true","colour":1}'], "colour"),
     ("duplicate-id-json", ["enqueue", '{"id":"existing","command":"true"}'], "existing"),
     ("duplicate-id-flag", ["enqueue", "--id", "existing", "--", "true"], "already exists"),
     ("command-over-64k-json", ["enqueue", json.dumps({"command": BIG_COMMAND})], "65536"),

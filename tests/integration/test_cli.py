@@ -15,7 +15,14 @@ from tests.harness import QueueDaemon, pid_alive, tagged_pids, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
-SETTINGS = {"max-retries", "backoff-base", "backoff-max", "default-timeout", "max-interruptions"}
+SETTINGS = {
+    "max-retries",
+    "backoff-base",
+    "backoff-max",
+    "jitter",
+    "default-timeout",
+    "max-interruptions",
+}
 
 
 def test_config_set_get_list(daemon: QueueDaemon) -> None:
@@ -58,6 +65,8 @@ def test_json_output_of_every_reading_command(daemon: QueueDaemon) -> None:
         "completed": 1,
         "failed": 0,
         "dead": 1,
+        "waiting": 0,
+        "cancelled": 0,
     }
     assert status["workers"]["desired"] == 1 and status["draining"] is False
 

@@ -44,6 +44,8 @@ def test_four_workers_run_500_jobs_each_exactly_once(
         "completed": 500,
         "failed": 0,
         "dead": 0,
+        "waiting": 0,
+        "cancelled": 0,
     }
     with daemon.client() as c:
         jobs, total = c.list_jobs(limit=1000)

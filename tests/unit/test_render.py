@@ -92,18 +92,10 @@ def test_status_lists_every_state_and_the_workers() -> None:
     )
     out = render.status(view)
     rows: dict[str, str] = {}
-    for line in out.splitlines()[2:9]:  # the seven state rows
+    for line in out.splitlines()[2:7]:  # the seed's five state rows
         state, count = line.split("|")
         rows[state.strip()] = count.strip()
-    assert rows == {
-        "pending": "2",
-        "waiting": "0",
-        "processing": "0",
-        "completed": "5",
-        "failed": "0",
-        "dead": "0",
-        "cancelled": "0",
-    }
+    assert rows == {"pending": "2", "processing": "0", "completed": "5", "failed": "0", "dead": "0"}
     assert "workers: 1 running / 2 desired, 1 busy" in out
     assert "draining" not in out
     assert "draining" in render.status({**view, "draining": True})
@@ -150,3 +142,16 @@ def test_job_detail_shows_the_history() -> None:
 
 def test_to_json_handles_bytes() -> None:
     assert json.loads(render.to_json({"data": b"hi\xff", "n": 1})) == {"data": "hi\ufffd", "n": 1}
+
+
+def test_status_shows_waiting_and_cancelled_when_they_hold_jobs() -> None:
+    view = StatusView(
+        counts={"pending": 1, "waiting": 3, "cancelled": 0},
+        queues={"default": {"pending": 1}, "mail": {"waiting": 3}},
+        workers={"desired": 0, "running": 0, "busy": 0},
+        draining=False,
+        version="0.1.0",
+    )
+    out = render.status(view)
+    assert "waiting    | 3" in out and "cancelled" not in out
+    assert "mail    | 0       | 3" in out  # the per-queue lines, as there are two queues
