@@ -38,7 +38,6 @@ from queuectl.protocol import (
     WatchArgs,
     WorkersArgs,
     WorkersView,
-    parse_rate,
     signal_number,
 )
 from queuectld import __version__, joblog, server
@@ -333,19 +332,7 @@ async def queue_set(d: HandlerContext, args: QueueSetArgs) -> QueueView:
 
     def change(s: Store) -> tuple[QueueLimits, dict[JobState, int]]:
         old = s.queue_limits().get(args.name, QueueLimits(args.name))
-        rate_count, rate_period = old.rate_count, old.rate_period
-        if args.rate is not None:
-            rate_count, rate_period = parse_rate(args.rate) if args.rate else (None, None)
-        concurrency = old.concurrency
-        if args.concurrency is not None:
-            concurrency = args.concurrency or None
-        new = QueueLimits(
-            args.name,
-            concurrency=concurrency,
-            rate_count=rate_count,
-            rate_period=rate_period,
-            paused=old.paused if args.paused is None else args.paused,
-        )
+        new = old.changed(args.concurrency, args.rate, args.paused)
         s.set_queue(new)
         return new, s.count_by_queue().get(args.name, {})
 

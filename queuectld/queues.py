@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from queuectl.protocol import RATE_PERIODS, JobState, QueueView
+from queuectl.protocol import RATE_PERIODS, JobState, QueueView, parse_rate
 
 _UNIT_OF_PERIOD = {period: unit for unit, period in RATE_PERIODS.items()}
 
@@ -57,6 +57,24 @@ class QueueLimits:
         if tokens >= 1 or self.rate_count is None or self.rate_period is None:
             return None
         return now + (1.0 - tokens) * self.rate_period / self.rate_count
+
+    def changed(
+        self, concurrency: int | None, rate: str | None, paused: bool | None
+    ) -> QueueLimits:
+        """These settings with a `queue set`'s changes: ``None`` keeps a value;
+        ``concurrency`` 0 and ``rate`` ``""`` remove a limit."""
+        rate_count, rate_period = self.rate_count, self.rate_period
+        if rate is not None:
+            rate_count, rate_period = parse_rate(rate) if rate else (None, None)
+        if concurrency is None:
+            concurrency = self.concurrency
+        return QueueLimits(
+            self.name,
+            concurrency=concurrency or None,
+            rate_count=rate_count,
+            rate_period=rate_period,
+            paused=self.paused if paused is None else paused,
+        )
 
     def view(self, counts: Mapping[JobState, int]) -> QueueView:
         return QueueView(

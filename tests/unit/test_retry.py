@@ -149,3 +149,27 @@ def test_an_interrupted_job_that_is_not_idempotent_is_dead_at_once() -> None:
     # A failure of such a job is retried as usual: only re-runs after interruptions are refused.
     failed = next_step(Outcome.FAILED, 0, 0, 3, policy, 100.0, idempotent=False)
     assert failed.state is JobState.FAILED
+
+
+def test_queue_limits_allowances_and_token_bucket() -> None:
+    from queuectld.queues import QueueLimits, allowances, next_token_at
+
+    limits = {
+        "paused": QueueLimits("paused", paused=True),
+        "two": QueueLimits("two", concurrency=2),
+        "rate": QueueLimits("rate", rate_count=4, rate_period=2.0, tokens=1.5, tokens_at=NOW),
+    }
+    counts = {
+        "paused": {JobState.PENDING: 9},
+        "two": {JobState.PENDING: 9, JobState.PROCESSING: 1},
+        "rate": {JobState.PENDING: 9},
+        "free": {JobState.PENDING: 3},
+    }
+    assert allowances(limits, counts, 5, NOW) == {"two": 1, "rate": 1, "free": 3}
+    assert allowances(limits, counts, 5, NOW + 1.0) == {"two": 1, "rate": 3, "free": 3}
+    assert limits["rate"].tokens_now(NOW + 100) == 4.0  # never more than the bucket holds
+    spent = QueueLimits("rate", rate_count=4, rate_period=2.0, tokens=0.0, tokens_at=NOW)
+    assert next_token_at({"rate": spent}, counts, NOW) == NOW + 0.5
+    changed = limits["two"].changed(None, "10/m", True)
+    assert (changed.concurrency, changed.rate, changed.paused) == (2, "10/m", True)
+    assert changed.changed(0, "", False).limited is False
