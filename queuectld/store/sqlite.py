@@ -417,21 +417,24 @@ class SQLiteStore(Store):
         default_timeout: float,
         lease_margin: float,
     ) -> list[Claim]:
-        candidates: list[tuple[int, float, int]] = []  # claim order: the index's
-        for queue, n in allowed.items():
-            rows = self._run("ready_in_queue", {"queue": queue, "limit": min(n, limit)})
-            candidates += [(-r["priority"], r["run_at"], r["seq"]) for r in rows]
-        if not candidates:
-            return []
-        chosen = [seq for _, _, seq in sorted(candidates)[:limit]]
-        params = {
+        params: dict[str, Any] = {
             "now": now,
             "owner": owner,
-            "seqs": json.dumps(chosen),
             "default_timeout": default_timeout,
             "lease_margin": lease_margin,
         }
-        claimed = self._run("claim_seqs", params).fetchall()
+        if len(allowed) == 1:
+            ((queue, n),) = allowed.items()
+            params.update(queue=queue, limit=min(n, limit))
+            claimed = self._run("claim_from_queue", params).fetchall()
+        else:
+            candidates: list[tuple[int, float, int]] = []  # claim order: the index's
+            for queue, n in allowed.items():
+                rows = self._run("ready_in_queue", {"queue": queue, "limit": min(n, limit)})
+                candidates += [(-r["priority"], r["run_at"], r["seq"]) for r in rows]
+            chosen = [seq for _, _, seq in sorted(candidates)[:limit]]
+            params["seqs"] = json.dumps(chosen)
+            claimed = self._run("claim_seqs", params).fetchall()
         claimed.sort(key=lambda r: (-r["priority"], r["run_at"], r["seq"]))  # RETURNING: no order
         self._run_many(
             "insert_attempt",

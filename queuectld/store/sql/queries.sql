@@ -111,6 +111,19 @@ SELECT seq, priority, run_at FROM jobs INDEXED BY jobs_ready
 WHERE state = 'pending' AND queue = :queue
 ORDER BY priority DESC, run_at, seq LIMIT :limit;
 
+-- name: claim_from_queue
+-- The common case, one queue with ready jobs: its next jobs straight off jobs_ready.
+UPDATE jobs
+SET state = 'processing', runs = runs + 1, updated_at = :now,
+    lease_owner = :owner, lease_token = lower(hex(randomblob(8))),
+    lease_expires_at = :now + COALESCE(timeout, :default_timeout) + :lease_margin
+WHERE seq IN (
+    SELECT seq FROM jobs INDEXED BY jobs_ready
+    WHERE state = 'pending' AND queue = :queue
+    ORDER BY priority DESC, run_at, seq LIMIT :limit
+)
+RETURNING *;
+
 -- name: claim_seqs
 -- One statement for the whole batch; each job gets its own random lease token.
 UPDATE jobs

@@ -52,7 +52,6 @@ CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, priority DESC, run_at, seq
 -- Jobs waiting for a time (a delay, a retry): the claim makes the due ones pending.
 CREATE INDEX IF NOT EXISTS jobs_timed ON jobs (run_at) WHERE state IN ('waiting', 'failed');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
-CREATE INDEX IF NOT EXISTS jobs_queue_state ON jobs (queue, state, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner_uid, state, seq);
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_owner, lease_expires_at)
     WHERE state = 'processing';
