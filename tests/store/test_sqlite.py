@@ -94,9 +94,17 @@ def test_schema_version_is_recorded_in_meta(tmp_path: Path) -> None:
 def test_claim_and_next_due_use_the_partial_indexes(sqlite_store: SQLiteStore) -> None:
     db = sqlite_store.db
     db.execute("ANALYZE")
-    params = {"now": T0, "limit": 1, "queue": "default"}
+    params = {
+        "now": T0,
+        "limit": 1,
+        "queue": "default",
+        "owner": "n",
+        "default_timeout": 1.0,
+        "lease_margin": 1.0,
+    }
     for name, index in (
         ("ready_in_queue", "jobs_ready"),
+        ("claim_from_queue", "jobs_ready"),
         ("next_timed_at", "jobs_timed"),
         ("promote_due", "jobs_timed"),
     ):
