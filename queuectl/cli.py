@@ -1,4 +1,5 @@
-"""``queuectl``: parse -> one Client call -> render. Exit statuses live in :func:`main`.
+"""``queuectl``: parse -> one Client call -> render. Exit statuses live in :func:`main`
+(and, for ``wait``, in :func:`wait_status`).
 
 0 success; 1 the daemon refused the request (not found, duplicate id, invalid job)
 or could not be reached; 2 misuse (bad flags, invalid JSON); 130 interrupted.
@@ -24,6 +25,9 @@ from queuectl.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_WAIT_CANCELLED,
+    EXIT_WAIT_DEAD,
+    EXIT_WAIT_TIMEOUT,
     NoDaemon,
     QueuectlError,
     ShuttingDown,
@@ -40,6 +44,7 @@ from queuectl.protocol import (
     MIN_PRIORITY,
     JobState,
     SortKey,
+    WaitView,
     plain_number,
 )
 
@@ -772,17 +777,36 @@ def dlq_retry(c: Context, job_ids: tuple[str, ...], every: bool, as_json: bool) 
 
 @cli.command()
 @click.argument("job_id")
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="print the output as the job writes it, until the job is completed or dead",
+)
 @json_option
 @pass_ctx
-def logs(c: Context, job_id: str, as_json: bool) -> None:
+def logs(c: Context, job_id: str, follow: bool, as_json: bool) -> None:
     """Print a job's output log: every finished attempt's command, times, exit code, output.
 
     Each attempt keeps at most log_max_bytes (queuectld.toml; 1 MiB by default) of
     its stdout and of its stderr: the first half and the last half, with a marker of
     what was cut between them.
+
+    With -f, print the running attempt's output as it is written (its stdout on
+    stdout, its stderr on stderr), then that of each retry, and end when the job is
+    completed or dead; a job not started yet is waited for. A job already finished,
+    or one that printed nothing, shows its log as without -f.
     """
     out = sys.stdout.buffer
+    if follow and as_json:
+        raise click.UsageError("give --follow or --json, not both")
     with c.client() as client:
+        if follow:
+            for stream, data in client.follow_logs(job_id):
+                sink = sys.stderr.buffer if stream == "stderr" else out
+                sink.write(data)
+                sink.flush()
+            return
         if as_json:
             data = b"".join(client.logs(job_id))
             click.echo(render.to_json({"id": job_id, "log": data}))
@@ -795,6 +819,49 @@ def logs(c: Context, job_id: str, as_json: bool) -> None:
         if not wrote:
             state = client.get_job(job_id)["state"]
             click.echo(f"queuectl: job {job_id} is {state}; no attempt has finished yet", err=True)
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True, metavar="JOB_ID...")
+@click.option(
+    "--timeout",
+    type=Duration(MAX_TIMEOUT_S * 52),
+    help="give up after this long: 30, 30s, 5m, 2h (exit status 124)",
+)
+@json_option
+@pass_ctx
+def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, as_json: bool) -> None:
+    """Wait until every job is completed or dead; the exit status says how they ended.
+
+    \b
+    Exit status:
+      0    every job completed
+      N    the first job (in the order given) that did not complete failed with
+           exit code N on its last attempt
+      3    that job is dead without an exit code (timed out, killed by a signal,
+           interrupted, or could not start)
+      4    that job was cancelled
+      124  --timeout passed before every job was final
+      1    a job id is unknown, or the daemon could not be reached
+    """
+    with c.client() as client:
+        view = client.wait(job_ids, timeout)
+    emit(view, as_json, render.waited)
+    sys.exit(wait_status(view))
+
+
+def wait_status(view: WaitView) -> int:
+    """The exit status of ``queuectl wait`` (see its help)."""
+    if view["timed_out"]:
+        return EXIT_WAIT_TIMEOUT
+    for job in view["jobs"]:
+        if job["state"] == JobState.COMPLETED:
+            continue
+        if job["state"] == JobState.CANCELLED:
+            return EXIT_WAIT_CANCELLED
+        code = job["last_exit_code"]
+        return code if code else EXIT_WAIT_DEAD
+    return EXIT_OK
 
 
 @cli.command()

@@ -24,7 +24,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
@@ -51,11 +52,14 @@ from queuectl.protocol import (
     Reply,
     Request,
     StatusView,
+    WaitView,
     WorkersView,
     pack,
 )
 
 AUTOSTART_TIMEOUT_S = 15.0
+# A `wait` with a timeout is answered by then; this much more before the client gives up.
+WAIT_REPLY_SLACK_S = 30.0
 # How long a command waits for a draining daemon to exit before starting a new one.
 DRAIN_WAIT_S = 60.0
 # Requests never sent again to a new daemon when a draining one refuses them: those it
@@ -418,6 +422,36 @@ class Client:
             offset += len(data)
             if not data or offset >= chunk["size"]:
                 return
+
+    def follow_logs(self, job_id: str) -> Iterator[tuple[str, bytes]]:
+        """A job's output as it is written, until the job is final: ``(stream, bytes)``
+        with ``stream`` ``stdout`` or ``stderr``; ``log`` for its log file's blocks (a
+        job already final, or one that ended before any output could be forwarded)."""
+        with self._blocking(None):
+            for event in self.stream(Op.FOLLOW_LOGS, id=job_id):
+                if event.get("type") == "output":
+                    yield str(event["stream"]), bytes(event["data"])
+
+    def wait(self, ids: Iterable[str], timeout: float | None = None) -> WaitView:
+        """Block until every job is final (``completed``, ``dead``), or ``timeout`` seconds.
+
+        Returns where each job stands, in the order given, and ``timed_out``.
+        """
+        args: dict[str, Any] = {"ids": list(ids)}
+        if timeout is not None:
+            args["timeout"] = timeout
+        with self._blocking(None if timeout is None else timeout + WAIT_REPLY_SLACK_S):
+            result: WaitView = self.call(Op.WAIT, **args)
+        return result
+
+    @contextmanager
+    def _blocking(self, timeout: float | None) -> Iterator[None]:
+        """Let a request that waits for jobs take ``timeout`` seconds (None: no limit)."""
+        self._sock.settimeout(timeout)
+        try:
+            yield
+        finally:
+            self._sock.settimeout(self._timeout)
 
     def config_get(self, key: str) -> dict[str, Any]:
         result: dict[str, Any] = self.call(Op.CONFIG_GET, key=key)

@@ -15,6 +15,10 @@ EXIT_OK = 0
 EXIT_REFUSED = 1  # the daemon refused the request, or no daemon could be reached
 EXIT_USAGE = 2  # misuse: bad flags, invalid JSON, an unusable environment
 EXIT_INTERRUPTED = 130
+# `queuectl wait` (a job that failed with an exit code exits with that code instead):
+EXIT_WAIT_DEAD = 3  # a job is dead without an exit code (timed out, killed, not started)
+EXIT_WAIT_CANCELLED = 4  # a job was cancelled
+EXIT_WAIT_TIMEOUT = 124  # --timeout passed first (as coreutils `timeout`)
 
 
 class QueuectlError(Exception):

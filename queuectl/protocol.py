@@ -103,6 +103,8 @@ class Op(enum.StrEnum):
     CONFIG_SET = "config_set"
     CONFIG_LIST = "config_list"
     WATCH = "watch"
+    WAIT = "wait"
+    FOLLOW_LOGS = "follow_logs"
     SHUTDOWN = "shutdown"
 
 
@@ -629,6 +631,18 @@ class WatchArgs:
 
 
 @dataclass(frozen=True)
+class WaitArgs(JobIdsArgs):
+    """Wait until every job in ``ids`` is final, or ``timeout`` seconds (None: no limit)."""
+
+    label: ClassVar[str] = "wait request"
+    timeout: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        _check_range("timeout", self.timeout, 0, MAX_TIMEOUT_S * 52)
+
+
+@dataclass(frozen=True)
 class NoArgs:
     """Requests without arguments."""
 
@@ -656,6 +670,8 @@ ARGS_BY_OP: dict[Op, type[Any]] = {
     Op.CONFIG_SET: ConfigSetArgs,
     Op.CONFIG_LIST: NoArgs,
     Op.WATCH: WatchArgs,
+    Op.WAIT: WaitArgs,
+    Op.FOLLOW_LOGS: JobIdArgs,
     Op.SHUTDOWN: NoArgs,
 }
 
@@ -731,6 +747,23 @@ class LogChunk(TypedDict):
     data: bytes
     offset: int
     size: int
+
+
+class WaitedJob(TypedDict):
+    """Where one waited-for job stands when ``wait`` answers."""
+
+    id: str
+    state: str
+    final: bool
+    last_exit_code: int | None
+    last_error: str | None
+
+
+class WaitView(TypedDict):
+    """The answer to ``wait``: every job in the order asked; ``timed_out`` if some are not final."""
+
+    jobs: list[WaitedJob]
+    timed_out: bool
 
 
 # ---------------------------------------------------------------------------

@@ -264,6 +264,23 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
     return "\n".join(lines)
 
 
+def waited(view: Any) -> str:
+    """``queuectl wait``: one line per job, ``job1  completed`` / ``job2  dead: exit code 2``."""
+    lines = []
+    width = max(len(j["id"]) for j in view["jobs"])
+    for job in view["jobs"]:
+        detail = ""
+        if job["state"] != "completed" and job["final"]:
+            code = job["last_exit_code"]
+            detail = f": exit code {code}" if code else f": {job['last_error'] or 'no exit code'}"
+        elif not job["final"]:
+            detail = " (not final yet)"
+        lines.append(f"{job['id']:<{width}}  {job['state']}{detail}")
+    if view["timed_out"]:
+        lines.append("timed out before every job was final")
+    return "\n".join(lines)
+
+
 def event_line(event: dict[str, Any]) -> str | None:
     """One line per job event, in the seed's ``[INFO] [job1] processing -> ...`` style."""
     kind, job = event.get("type"), event.get("id")

@@ -5,6 +5,10 @@ private unlinked file: the first half of the cap in order, the last half as a ri
 a job that prints a gigabyte costs neither memory nor disk and its log keeps both ends.
 :func:`write_log` appends the attempt's block in the seed's format to ``job_<id>.txt``,
 copying the kept ranges file to file (``copy_file_range``).
+
+While someone follows the job (``queuectl logs -f``) a capture also hands each range
+it just spliced to its ``sink``, read back from the file (page cache) with one
+``pread`` per chunk; nobody following costs one attribute test per chunk.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import fcntl
 import os
 import struct
 import termios
+from collections.abc import Callable
 
 from queuectl.protocol import Outcome
 from queuectld import joblog
@@ -43,6 +48,9 @@ class Capture:
         self.file: int | None = None
         self.total = 0  # bytes the job wrote to the stream
         self.open = True
+        # Called with (stream offset, bytes) for every range kept from now on: the job
+        # is followed. None when nobody follows.
+        self.sink: Callable[[int, bytes], None] | None = None
 
     def pump(self) -> bool:
         """Move what the pipe holds into the file; False once the pipe reached EOF.
@@ -77,6 +85,8 @@ class Capture:
                 continue
             if moved == 0:
                 return False
+            if self.sink is not None:
+                self.sink(self.total, os.pread(self.file, moved, offset))
             self.total += moved
 
     def _copy(self, offset: int, count: int) -> int:
@@ -105,6 +115,28 @@ class Capture:
             (self.file, start, end - start),
             (self.file, self.head, start - self.head),
         ]
+
+    def kept(self) -> list[tuple[int, bytes]]:
+        """What is kept so far as ``(stream offset, bytes)`` in order, in chunks of at
+        most :data:`READ_CHUNK` (a follower joining a running job starts with these)."""
+        if self.file is None or self.total == 0:
+            return []
+        if self.total <= self.head + self.tail:
+            ranges = [(0, 0, self.total)]  # (stream offset, file offset, length)
+        else:
+            start = self.head + (self.total - self.head) % self.tail
+            first = self.total - self.tail  # the stream offset the ring begins with
+            ranges = [
+                (0, 0, self.head),
+                (first, start, self.head + self.tail - start),
+                (first + self.head + self.tail - start, self.head, start - self.head),
+            ]
+        out = []
+        for stream_at, file_at, length in ranges:
+            for skip in range(0, length, READ_CHUNK):
+                size = min(READ_CHUNK, length - skip)
+                out.append((stream_at + skip, os.pread(self.file, size, file_at + skip)))
+        return out
 
     def last_byte(self) -> bytes:
         if self.file is None or self.total == 0:

@@ -41,6 +41,7 @@ from queuectld.config import (
 )
 from queuectld.dispatcher import Dispatcher
 from queuectld.events import EventBus
+from queuectld.follow import OutputRelay
 from queuectld.recovery import recover
 from queuectld.store import open_store
 from queuectld.supervisor import OsProcessOps, Supervisor, SupervisorEvents, default_executors
@@ -90,6 +91,7 @@ class Daemon:
         self.status = StatusReporter(self.notifier, self._status_text)
         self.events: EventBus = _Events(self.status.changed)
         self.access = AccessPolicy(config.admin_groups)
+        self.followers = OutputRelay()
         self.settings: dict[str, float | int] = {}
         self.draining = False
         self.started_monotonic = time.monotonic()
@@ -156,7 +158,7 @@ class Daemon:
         max_executors = default_executors(cfg.executors)
 
         def make_supervisor(events: SupervisorEvents) -> Supervisor:
-            return Supervisor(ops, events, max_executors)
+            return Supervisor(ops, events, max_executors, on_output=self.followers.deliver)
 
         self.dispatcher = Dispatcher(
             self.committer,
@@ -182,6 +184,9 @@ class Daemon:
             allowed_gids=_gids(cfg.allowed_groups),
             inherited=inherited,
             group=cfg.socket_group,
+            waiting_ops=frozenset(
+                op.value for op in (*handlers.STREAMS, *handlers.ENDED_WITH_CONNECTION)
+            ),
         )
         await self.server.start()
         if inherited is not None and self.server.path != cfg.socket:

@@ -7,9 +7,9 @@ assignments of one dispatch cycle, or everything an executor noticed in one turn
 its loop, cost one write and one wake-up on the other side.
 
 Daemon -> executor: :class:`RunJob`, :class:`SetSlots`, :class:`Revoke`,
-:class:`Cancel`, :class:`Retire`. Executor -> daemon: :class:`ExecutorReady`,
-:class:`JobStarted`, :class:`JobFinished`, :class:`JobRevoked`. A closed stdin tells
-the executor the daemon is gone.
+:class:`Cancel`, :class:`Retire`, :class:`Follow`. Executor -> daemon:
+:class:`ExecutorReady`, :class:`JobStarted`, :class:`JobOutput`, :class:`JobFinished`,
+:class:`JobRevoked`. A closed stdin tells the executor the daemon is gone.
 """
 
 from __future__ import annotations
@@ -111,6 +111,22 @@ class Retire:
         return {"kind": "retire"}
 
 
+@dataclass(frozen=True)
+class Follow:
+    """Forward this job's output as it is written (``on``), or stop forwarding it.
+
+    Each ``on`` also sends what the running attempt has written so far (followers
+    joining late skip what they already have by its offset); a job still waiting for a
+    slot is forwarded from its start.
+    """
+
+    job_id: str
+    on: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "follow", "job_id": self.job_id, "on": self.on}
+
+
 # -- executor -> daemon ---------------------------------------------------------------
 
 
@@ -145,6 +161,29 @@ class JobRevoked:
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "revoked", "job_id": self.job_id, "attempt": self.attempt}
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """Bytes a followed job wrote to ``stream`` (``stdout``/``stderr``) at ``offset``.
+
+    ``offset`` counts every byte the attempt wrote to that stream, kept or not, so a
+    receiver can drop what it already has and see what was cut. Sent before the
+    attempt's :class:`JobFinished`, on the same pipe.
+    """
+
+    job_id: str
+    attempt: int
+    stream: str
+    offset: int
+    data: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "output", **vars(self)}
+
+    @classmethod
+    def from_wire(cls, msg: Mapping[str, Any]) -> JobOutput:
+        return cls(**{k: v for k, v in msg.items() if k != "kind"})
 
 
 @dataclass(frozen=True)

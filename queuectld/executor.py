@@ -11,7 +11,8 @@ One thread, one ``epoll`` loop, no blocking wait per job:
   SIGTERM and SIGKILL are entries in one timer heap;
 * its stdout and stderr are kept by :mod:`queuectld.capture` (spliced from their
   pipes, both ends of a long output) and written as its block in ``job_<id>.txt``
-  when the attempt is over;
+  when the attempt is over; while the daemon asks (:class:`~queuectld.execproto.Follow`)
+  each range kept is also sent back as :class:`~queuectld.execproto.JobOutput`;
 * everything noticed in one turn of the loop goes back to the daemon in one frame.
 
 If the daemon goes away (stdin closes), every job's group is killed at once (the
@@ -40,6 +41,7 @@ from queuectld.capture import READ_CHUNK, Capture, write_log
 from queuectld.execproto import (
     ExecutorReady,
     JobFinished,
+    JobOutput,
     JobRevoked,
     JobStarted,
     RunJob,
@@ -50,6 +52,9 @@ from queuectld.execproto import (
 # After a job's shell exits and its group is killed, how long to wait for its pipes to
 # close (a process that left the group may hold them open).
 PIPE_DRAIN_S = 1.0
+# Followed output waiting in the outbox is written out once it is this big, so that a
+# job printing fast cannot grow a frame past the frame limit.
+OUTPUT_FLUSH_BYTES = 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -129,6 +134,8 @@ class Executor:
         self.waiting: collections.deque[RunJob] = collections.deque()
         self.running: dict[str, Attempt] = {}
         self.outbox: list[dict[str, Any]] = []
+        self._output_bytes = 0  # followed output in the outbox
+        self.followed: set[str] = set()  # jobs waiting for a slot whose output is wanted
         self._timers: list[Timer] = []
         self._cancelled = 0  # cancelled timers still in the heap
         self.retiring = False
@@ -195,6 +202,7 @@ class Executor:
             return
         view = memoryview(pack_batch(self.outbox))
         self.outbox.clear()
+        self._output_bytes = 0
         try:
             while view:
                 view = view[os.write(self.out_fd, view) :]
@@ -234,8 +242,11 @@ class Executor:
         elif kind == "retire":
             self.retiring = True
             self._revoke(None)
+        elif kind == "follow":
+            self._follow(str(msg["job_id"]), bool(msg["on"]))
 
     def _revoke_one(self, run: RunJob) -> None:
+        self.followed.discard(run.job_id)
         self.outbox.append(JobRevoked(run.job_id, run.attempt).to_wire())
 
     def _revoke(self, ids: set[str] | None) -> None:
@@ -289,6 +300,7 @@ class Executor:
         except _StartError as exc:
             os.close(out_r)
             os.close(err_r)
+            self.followed.discard(run.job_id)
             self._report_unstarted(run, started, str(exc))
             return
         finally:
@@ -307,6 +319,9 @@ class Executor:
         )
         self.running[run.job_id] = attempt
         self.outbox.append(JobStarted(run.job_id, run.attempt, proc.pid).to_wire())
+        if run.job_id in self.followed:
+            self.followed.discard(run.job_id)
+            self._forward(attempt)
         read = selectors.EVENT_READ
         self.sel.register(out_r, read, lambda: self._on_output(attempt, attempt.out))
         self.sel.register(err_r, read, lambda: self._on_output(attempt, attempt.err))
@@ -339,6 +354,36 @@ class Executor:
                 run.job_id, run.attempt, Outcome.ERROR, None, error, started, finished
             ).to_wire()
         )
+
+    # -- following a job's output -------------------------------------------------------
+
+    def _follow(self, job_id: str, on: bool) -> None:
+        """Start (with what is kept so far) or stop forwarding a job's output."""
+        attempt = self.running.get(job_id)
+        if attempt is None:
+            if on and any(run.job_id == job_id for run in self.waiting):
+                self.followed.add(job_id)
+            else:
+                self.followed.discard(job_id)  # finished, revoked or never sent here
+            return
+        if not on:
+            attempt.out.sink = attempt.err.sink = None
+            return
+        for name, capture in (("stdout", attempt.out), ("stderr", attempt.err)):
+            for offset, data in capture.kept():
+                self._send_output(attempt.run, name, offset, data)
+        self._forward(attempt)
+
+    def _forward(self, attempt: Attempt) -> None:
+        run = attempt.run
+        attempt.out.sink = lambda offset, data: self._send_output(run, "stdout", offset, data)
+        attempt.err.sink = lambda offset, data: self._send_output(run, "stderr", offset, data)
+
+    def _send_output(self, run: RunJob, stream: str, offset: int, data: bytes) -> None:
+        self.outbox.append(JobOutput(run.job_id, run.attempt, stream, offset, data).to_wire())
+        self._output_bytes += len(data)
+        if self._output_bytes >= OUTPUT_FLUSH_BYTES:
+            self._flush()
 
     # -- a running job ------------------------------------------------------------------
 

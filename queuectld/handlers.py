@@ -10,6 +10,8 @@ settings, the access policy), not the daemon's own wiring.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,6 +37,9 @@ from queuectl.protocol import (
     QueueView,
     SortKey,
     StatusView,
+    WaitArgs,
+    WaitedJob,
+    WaitView,
     WatchArgs,
     WorkersArgs,
     WorkersView,
@@ -42,7 +47,7 @@ from queuectl.protocol import (
 )
 from queuectld import __version__, joblog, server
 from queuectld.config import QUEUE_SETTINGS, QueueSettings, setting_for
-from queuectld.jobs import ACTIVE, Job, NewJob
+from queuectld.jobs import ACTIVE, FINAL, Job, NewJob
 from queuectld.queues import QueueLimits
 from queuectld.store.base import JobFilter, Store
 
@@ -52,6 +57,7 @@ if TYPE_CHECKING:
     from queuectld.config import DaemonConfig
     from queuectld.dispatcher import Dispatcher
     from queuectld.events import EventBus
+    from queuectld.follow import OutputRelay
     from queuectld.supervisor import Supervisor
 
 
@@ -64,6 +70,7 @@ class HandlerContext(Protocol):
     dispatcher: Dispatcher
     supervisor: Supervisor
     access: AccessPolicy
+    followers: OutputRelay  # who follows which job's output (`logs -f`)
     settings: dict[str, float | int]  # the queue settings (`config set` changes them)
     draining: bool
     started_monotonic: float
@@ -439,6 +446,145 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
         d.events.unsubscribe(queue)
 
 
+# Events saying a job reached a final state (the recorder names them after the state).
+FINAL_EVENTS = frozenset(state.value for state in FINAL)
+FOLLOW_LOG_CHUNK = 1024 * 1024
+
+
+def _drain_queue(queue: asyncio.Queue[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
+
+
+def _final_ids(batch: list[dict[str, Any] | None], ids: set[str]) -> set[str]:
+    """The jobs of ``ids`` that a batch of events says reached a final state."""
+    return {
+        e["id"] for e in batch if e is not None and e["type"] in FINAL_EVENTS and e.get("id") in ids
+    }
+
+
+def _bus_closed(d: HandlerContext, what: str) -> None:
+    """A ``None`` from the event bus: the daemon stops (say so), or this reader fell
+    more than the bus's backlog behind and was dropped (the caller subscribes again)."""
+    if d.draining:
+        raise ShuttingDown(f"queuectld stopped before {what}; ask again once it is back")
+
+
+async def _read_jobs(d: HandlerContext, ids: list[str]) -> dict[str, Job]:
+    peer = server.caller()
+    found = await d.committer.call(lambda s: [s.get_job(job_id) for job_id in ids])
+    pairs = zip(ids, found, strict=True)
+    return {job_id: d.access.check_job(peer, job, job_id) for job_id, job in pairs}
+
+
+def _waited(job: Job) -> WaitedJob:
+    return WaitedJob(
+        id=job.id,
+        state=job.state.value,
+        final=job.state in FINAL,
+        last_exit_code=job.last_exit_code,
+        last_error=job.last_error,
+    )
+
+
+async def wait(d: HandlerContext, args: WaitArgs) -> WaitView:
+    """Answer once every job is final, or when the timeout passes, with where each stands."""
+    ids = list(dict.fromkeys(args.ids))
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    # Subscribed before the states are read: a job that ends in between is announced.
+    queue = d.events.subscribe()
+    try:
+        jobs = await _read_jobs(d, ids)
+        while True:
+            left = {job_id for job_id in ids if jobs[job_id].state not in FINAL}
+            timed_out = bool(left) and deadline is not None and time.monotonic() >= deadline
+            if not left or timed_out:
+                return WaitView(jobs=[_waited(jobs[job_id]) for job_id in ids], timed_out=timed_out)
+            try:
+                first = await asyncio.wait_for(
+                    queue.get(), None if deadline is None else deadline - time.monotonic()
+                )
+            except TimeoutError:
+                continue  # the deadline has passed: answer with what stands
+            batch = [first, *_drain_queue(queue)]
+            changed = _final_ids(batch, left)
+            if None in batch:
+                _bus_closed(d, "the jobs ended")
+                d.events.unsubscribe(queue)
+                queue = d.events.subscribe()
+                changed = left
+            if changed:
+                jobs.update(await _read_jobs(d, sorted(changed)))
+    finally:
+        d.events.unsubscribe(queue)
+
+
+async def follow_logs(d: HandlerContext, args: JobIdArgs) -> AsyncIterator[dict[str, Any]]:
+    """A job's output as it is written, until the job is final (``logs -f``).
+
+    Events: ``{"type": "output", "stream": "stdout" | "stderr" | "log", "data": bytes}``.
+    A job already final sends its log (``stream`` ``log``); so does one that ended
+    before any of its output could be forwarded (it printed nothing, or it ended as
+    the follower joined): the log blocks written meanwhile.
+    """
+    job_id = args.id
+    path = joblog.log_path(d.config.log_dir, job_id)
+    queue = d.events.subscribe()
+    follower = d.followers.subscribe(job_id)
+    getting: asyncio.Future[dict[str, Any] | None] | None = None
+    try:
+        job = (await _read_jobs(d, [job_id]))[job_id]
+        log_from = 0
+        if job.state not in FINAL:
+            log_from = _log_size(path)
+            d.supervisor.follow(job_id, True)
+            getting = asyncio.ensure_future(queue.get())
+            while True:
+                for stream, data in follower.take():
+                    yield {"type": "output", "stream": stream, "data": data}
+                if not getting.done():
+                    woken = asyncio.ensure_future(follower.changed.wait())
+                    await asyncio.wait({getting, woken}, return_when=asyncio.FIRST_COMPLETED)
+                    woken.cancel()
+                    continue
+                batch = [getting.result(), *_drain_queue(queue)]
+                ended = bool(_final_ids(batch, {job_id}))
+                if None in batch:
+                    _bus_closed(d, f"job {job_id!r} ended")
+                    d.events.unsubscribe(queue)
+                    queue = d.events.subscribe()
+                    job = (await _read_jobs(d, [job_id]))[job_id]
+                    ended = job.state in FINAL
+                if ended:
+                    break
+                getting = asyncio.ensure_future(queue.get())
+            # An attempt's output comes before its outcome, so all of it is here by now.
+            for stream, data in follower.take():
+                yield {"type": "output", "stream": stream, "data": data}
+        if follower.sent == 0:
+            offset = log_from
+            while chunk := joblog.read_chunk(path, offset, FOLLOW_LOG_CHUNK):
+                if not chunk["data"]:
+                    break
+                yield {"type": "output", "stream": "log", "data": chunk["data"]}
+                offset += len(chunk["data"])
+    finally:
+        if getting is not None:
+            getting.cancel()
+        d.events.unsubscribe(queue)
+        if d.followers.unsubscribe(follower):
+            d.supervisor.follow(job_id, False)
+
+
+def _log_size(path: os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
 Handler = Callable[[HandlerContext, Any], Awaitable[Any]]
 Stream = Callable[[HandlerContext, Any], AsyncIterator[dict[str, Any]]]
 
@@ -493,10 +639,17 @@ HANDLERS: dict[Op, Handler] = {
     Op.CONFIG_GET: config_get,
     Op.CONFIG_SET: config_set,
     Op.CONFIG_LIST: config_list,
+    Op.WAIT: wait,
     Op.SHUTDOWN: shutdown,
 }
+# Requests that only read and wait: nothing is left half-done when their client hangs
+# up, so they end with the connection (others are carried through).
+ENDED_WITH_CONNECTION = frozenset({Op.WAIT})
 HANDLERS = {
     op: handler if op in ANSWERED_WHILE_DRAINING else _unless_draining(handler)
     for op, handler in HANDLERS.items()
 }
-STREAMS: dict[Op, Stream] = {Op.WATCH: _stream_unless_draining(watch)}
+STREAMS: dict[Op, Stream] = {
+    Op.WATCH: _stream_unless_draining(watch),
+    Op.FOLLOW_LOGS: _stream_unless_draining(follow_logs),
+}

@@ -35,10 +35,12 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 # States in which a job still has work ahead of it.
 ACTIVE = (JobState.PENDING, JobState.WAITING, JobState.PROCESSING, JobState.FAILED)
+# States a job never leaves by itself (`wait` and `logs -f` end there).
+FINAL = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
 # States `cancel` may end (not started yet); `kill` ends a `processing` one.
 CANCELLABLE = (JobState.PENDING, JobState.WAITING, JobState.FAILED)
-# States `retry` may start again.
-RETRYABLE = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
+# States `retry` may start again: the final ones.
+RETRYABLE = FINAL
 
 
 def can_transition(old: JobState, new: JobState) -> bool:

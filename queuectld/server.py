@@ -137,6 +137,7 @@ class ControlServer:
         allowed_gids: Iterable[int] = (),
         inherited: socket.socket | None = None,
         group: str = "",
+        waiting_ops: frozenset[str] = frozenset({"watch"}),
     ) -> None:
         self.path = path
         self.mode = mode
@@ -158,6 +159,9 @@ class ControlServer:
         # handlers refuse new work) instead of finding no socket until it has exited.
         self.draining = False
         self._streams: set[asyncio.Task[None]] = set()
+        # Requests that wait for events (streams, `wait`): they end with their
+        # connection, and at close get STREAM_END_S to send their last frame.
+        self.waiting_ops = waiting_ops
 
     def set_access(self, allowed_uids: Iterable[int], allowed_gids: Iterable[int]) -> None:
         """Change who may connect (SIGHUP); connections already open are kept."""
@@ -268,7 +272,7 @@ class ControlServer:
                 task = asyncio.create_task(self._answer(writer, frame, limit))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                if frame.get("op") == "watch":
+                if frame.get("op") in self.waiting_ops:
                     self._streams.add(task)
                     task.add_done_callback(self._streams.discard)
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
@@ -312,6 +316,8 @@ class ControlServer:
                 async for event in self._stream(req, args):
                     await _send(writer, EventFrame(rid, event).to_wire())
                 return Reply(rid, result=None)
+            if req.op.value in self.waiting_ops:
+                return Reply(rid, result=await self._handle(req, args))
             # Shielded: a request once started is carried through even if its client
             # hangs up (a config_set must not end committed but not applied).
             return Reply(rid, result=await asyncio.shield(self._handle(req, args)))

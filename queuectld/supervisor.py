@@ -33,7 +33,9 @@ from queuectl.wire import FrameBuffer
 from queuectld import procs
 from queuectld.execproto import (
     Cancel,
+    Follow,
     JobFinished,
+    JobOutput,
     Retire,
     Revoke,
     RunJob,
@@ -176,9 +178,18 @@ def shares(total: int, parts: int) -> list[int]:
 class Supervisor:
     """Keeps executors running with ``desired`` slots in all, and reports what they do."""
 
-    def __init__(self, ops: ProcessOps, events: SupervisorEvents, max_executors: int) -> None:
+    def __init__(
+        self,
+        ops: ProcessOps,
+        events: SupervisorEvents,
+        max_executors: int,
+        on_output: Callable[[JobOutput], None] | None = None,
+    ) -> None:
         self._ops = ops
         self._events = events
+        # Where followed jobs' output goes (`logs -f`), and which jobs are followed.
+        self._on_output = on_output
+        self._followed: set[str] = set()
         self.max_executors = max(1, max_executors)
         self.desired = 0
         self.executors: dict[str, Executor] = {}
@@ -298,7 +309,20 @@ class Supervisor:
             held.deadline = time.monotonic() + hung_after
         target.held[claim.job.id] = held
         self._send(target, run.to_wire())
+        if claim.job.id in self._followed:
+            self._send(target, Follow(claim.job.id, True).to_wire())
         return target.name
+
+    def follow(self, job_id: str, on: bool) -> None:
+        """Have the job's output forwarded to ``on_output`` (again from the start of the
+        running attempt, for a new follower), or no longer."""
+        if on:
+            self._followed.add(job_id)
+        else:
+            self._followed.discard(job_id)
+        for executor in self.executors.values():
+            if job_id in executor.held and executor.state is not ExecutorState.EXITED:
+                self._send(executor, Follow(job_id, on).to_wire())
 
     def revoke_queued(self, count: int) -> None:
         """Ask for up to ``count`` jobs waiting for a slot back (slots are free elsewhere)."""
@@ -452,6 +476,9 @@ class Supervisor:
             if held is not None:
                 self._changed.set()
                 self._events.revoked(held.claim)
+        elif kind == "output":
+            if self._on_output is not None:
+                self._on_output(JobOutput.from_wire(msg))
         elif kind == "finished":
             job_id = str(msg.get("job_id"))
             executor.revoking.discard(job_id)

@@ -1,0 +1,104 @@
+"""Followers of jobs' output (``queuectl logs -f``): the daemon's side of the relay.
+
+Executors send a followed job's output as :class:`~queuectld.execproto.JobOutput`
+ranges, each with its offset in the stream; a follower joining a running job first
+gets what the attempt kept so far, while the others get it again. Each follower keeps
+the next offset it expects per attempt and stream, so it drops what it already has,
+and shows a marker where bytes are missing (cut by the log cap, or not sent because
+the follower fell more than :data:`FOLLOWER_BACKLOG_BYTES` behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from queuectld.execproto import JobOutput
+
+# Output a follower may have waiting to be sent; past it, output is skipped (and said so).
+FOLLOWER_BACKLOG_BYTES = 8 * 1024 * 1024
+
+
+class Follower:
+    """One ``logs -f`` of one job: the output still to send, in order."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.changed = asyncio.Event()
+        self.sent = 0  # bytes of output taken so far
+        self._chunks: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._queued = 0
+        self._next: dict[tuple[int, str], int] = {}  # (attempt, stream) -> next offset
+        self._newline: dict[tuple[int, str], bool] = {}  # the last byte shown was "\n"
+        # Ranges that came before the start of their stream (a late follower sees other
+        # followers' output before its own copy of the start): held until it comes.
+        self._early: dict[tuple[int, str], list[JobOutput]] = {}
+
+    def offer(self, out: JobOutput) -> None:
+        """Take what is new in ``out``; show a marker for bytes missing before it."""
+        key = (out.attempt, out.stream)
+        if key not in self._next:
+            if out.offset > 0:
+                self._early.setdefault(key, []).append(out)
+                return
+            self._next[key] = 0
+            self._take(key, out)
+            for early in sorted(self._early.pop(key, []), key=lambda o: o.offset):
+                self._take(key, early)
+        else:
+            self._take(key, out)
+        self.changed.set()
+
+    def _take(self, key: tuple[int, str], out: JobOutput) -> None:
+        at = self._next[key]
+        end = out.offset + len(out.data)
+        if end <= at:
+            return  # already shown
+        data = out.data[at - out.offset :] if out.offset < at else out.data
+        if self._queued + len(data) > FOLLOWER_BACKLOG_BYTES:
+            self._next[key] = end  # skipped; the next range shows the gap
+            return
+        if out.offset > at:
+            lead = b"" if self._newline.get(key, True) else b"\n"
+            self._put(out.stream, lead + f"[... {out.offset - at} bytes not shown ...]\n".encode())
+        self._put(out.stream, data)
+        self._next[key] = end
+        self._newline[key] = data.endswith(b"\n")
+
+    def _put(self, stream: str, data: bytes) -> None:
+        self._chunks.append((stream, data))
+        self._queued += len(data)
+
+    def take(self) -> list[tuple[str, bytes]]:
+        """The output waiting to be sent, as ``(stream, bytes)`` in order."""
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._queued = 0
+        self.changed.clear()
+        self.sent += sum(len(data) for _, data in chunks)
+        return chunks
+
+
+class OutputRelay:
+    """Who follows which job; hands each output range to the job's followers."""
+
+    def __init__(self) -> None:
+        self._followers: dict[str, set[Follower]] = {}
+
+    def subscribe(self, job_id: str) -> Follower:
+        follower = Follower(job_id)
+        self._followers.setdefault(job_id, set()).add(follower)
+        return follower
+
+    def unsubscribe(self, follower: Follower) -> bool:
+        """Forget ``follower``; True if it was its job's last one."""
+        others = self._followers.get(follower.job_id, set())
+        others.discard(follower)
+        if others:
+            return False
+        self._followers.pop(follower.job_id, None)
+        return True
+
+    def deliver(self, out: JobOutput) -> None:
+        for follower in self._followers.get(out.job_id, ()):
+            follower.offer(out)
