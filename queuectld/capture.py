@@ -116,12 +116,13 @@ class Capture:
             (self.file, self.head, start - self.head),
         ]
 
-    def kept(self) -> list[tuple[int, bytes]]:
-        """What is kept so far as ``(stream offset, bytes)`` in order, in chunks of at
-        most :data:`READ_CHUNK` (a follower joining a running job starts with these)."""
+    def kept(self) -> list[tuple[int, bytes, bool]]:
+        """What is kept so far as ``(stream offset, bytes, cut)`` in order, in chunks of
+        at most :data:`READ_CHUNK` (a follower joining a running job starts with these);
+        ``cut`` marks the first chunk after bytes that were not kept."""
         if self.file is None or self.total == 0:
             return []
-        if self.total <= self.head + self.tail:
+        if not self.dropped:
             ranges = [(0, 0, self.total)]  # (stream offset, file offset, length)
         else:
             start = self.head + (self.total - self.head) % self.tail
@@ -135,7 +136,9 @@ class Capture:
         for stream_at, file_at, length in ranges:
             for skip in range(0, length, READ_CHUNK):
                 size = min(READ_CHUNK, length - skip)
-                out.append((stream_at + skip, os.pread(self.file, size, file_at + skip)))
+                data = os.pread(self.file, size, file_at + skip)
+                cut = bool(self.dropped) and stream_at + skip == self.total - self.tail
+                out.append((stream_at + skip, data, cut))
         return out
 
     def last_byte(self) -> bytes:

@@ -168,8 +168,9 @@ class JobOutput:
     """Bytes a followed job wrote to ``stream`` (``stdout``/``stderr``) at ``offset``.
 
     ``offset`` counts every byte the attempt wrote to that stream, kept or not, so a
-    receiver can drop what it already has and see what was cut. Sent before the
-    attempt's :class:`JobFinished`, on the same pipe.
+    receiver can drop what it already has. ``cut``: the bytes before ``offset`` that
+    the receiver lacks were not kept (the log cap), so it must not wait for them.
+    Sent before the attempt's :class:`JobFinished`, on the same pipe.
     """
 
     job_id: str
@@ -177,6 +178,7 @@ class JobOutput:
     stream: str
     offset: int
     data: bytes
+    cut: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "output", **vars(self)}

@@ -370,8 +370,8 @@ class Executor:
             attempt.out.sink = attempt.err.sink = None
             return
         for name, capture in (("stdout", attempt.out), ("stderr", attempt.err)):
-            for offset, data in capture.kept():
-                self._send_output(attempt.run, name, offset, data)
+            for offset, data, cut in capture.kept():
+                self._send_output(attempt.run, name, offset, data, cut)
         self._forward(attempt)
 
     def _forward(self, attempt: Attempt) -> None:
@@ -379,8 +379,11 @@ class Executor:
         attempt.out.sink = lambda offset, data: self._send_output(run, "stdout", offset, data)
         attempt.err.sink = lambda offset, data: self._send_output(run, "stderr", offset, data)
 
-    def _send_output(self, run: RunJob, stream: str, offset: int, data: bytes) -> None:
-        self.outbox.append(JobOutput(run.job_id, run.attempt, stream, offset, data).to_wire())
+    def _send_output(
+        self, run: RunJob, stream: str, offset: int, data: bytes, cut: bool = False
+    ) -> None:
+        msg = JobOutput(run.job_id, run.attempt, stream, offset, data, cut)
+        self.outbox.append(msg.to_wire())
         self._output_bytes += len(data)
         if self._output_bytes >= OUTPUT_FLUSH_BYTES:
             self._flush()

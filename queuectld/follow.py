@@ -3,9 +3,10 @@
 Executors send a followed job's output as :class:`~queuectld.execproto.JobOutput`
 ranges, each with its offset in the stream; a follower joining a running job first
 gets what the attempt kept so far, while the others get it again. Each follower keeps
-the next offset it expects per attempt and stream, so it drops what it already has,
-and shows a marker where bytes are missing (cut by the log cap, or not sent because
-the follower fell more than :data:`FOLLOWER_BACKLOG_BYTES` behind).
+the next offset it expects per attempt and stream: it drops what it already has,
+holds a range that comes before the ones leading to it, and shows a marker where
+bytes are missing (cut by the log cap, or skipped because the follower fell more
+than :data:`FOLLOWER_BACKLOG_BYTES` behind).
 """
 
 from __future__ import annotations
@@ -29,40 +30,41 @@ class Follower:
         self._chunks: collections.deque[tuple[str, bytes]] = collections.deque()
         self._queued = 0
         self._next: dict[tuple[int, str], int] = {}  # (attempt, stream) -> next offset
+        self._skipped: dict[tuple[int, str], int] = {}  # dropped here, not shown yet
         self._newline: dict[tuple[int, str], bool] = {}  # the last byte shown was "\n"
-        # Ranges that came before the start of their stream (a late follower sees other
-        # followers' output before its own copy of the start): held until it comes.
+        # Ranges that came before the ones leading to them (a late follower sees the
+        # others' output before its own copy of what was written so far): held until then.
         self._early: dict[tuple[int, str], list[JobOutput]] = {}
 
     def offer(self, out: JobOutput) -> None:
         """Take what is new in ``out``; show a marker for bytes missing before it."""
         key = (out.attempt, out.stream)
-        if key not in self._next:
-            if out.offset > 0:
-                self._early.setdefault(key, []).append(out)
-                return
-            self._next[key] = 0
-            self._take(key, out)
-            for early in sorted(self._early.pop(key, []), key=lambda o: o.offset):
-                self._take(key, early)
-        else:
-            self._take(key, out)
+        if out.offset > self._next.get(key, 0) and not out.cut:
+            self._early.setdefault(key, []).append(out)
+            return
+        self._take(key, out)
+        held = sorted(self._early.pop(key, []), key=lambda o: o.offset)
+        while held and held[0].offset <= self._next[key]:
+            self._take(key, held.pop(0))
+        if held:
+            self._early[key] = held
         self.changed.set()
 
     def _take(self, key: tuple[int, str], out: JobOutput) -> None:
-        at = self._next[key]
+        at = self._next.get(key, 0)
         end = out.offset + len(out.data)
         if end <= at:
             return  # already shown
         data = out.data[at - out.offset :] if out.offset < at else out.data
-        if self._queued + len(data) > FOLLOWER_BACKLOG_BYTES:
-            self._next[key] = end  # skipped; the next range shows the gap
-            return
-        if out.offset > at:
-            lead = b"" if self._newline.get(key, True) else b"\n"
-            self._put(out.stream, lead + f"[... {out.offset - at} bytes not shown ...]\n".encode())
-        self._put(out.stream, data)
         self._next[key] = end
+        if self._queued + len(data) > FOLLOWER_BACKLOG_BYTES:
+            self._skipped[key] = self._skipped.get(key, 0) + len(data)
+            return
+        missing = self._skipped.pop(key, 0) + max(0, out.offset - at)
+        if missing:
+            lead = b"" if self._newline.get(key, True) else b"\n"
+            self._put(out.stream, lead + f"[... {missing} bytes not shown ...]\n".encode())
+        self._put(out.stream, data)
         self._newline[key] = data.endswith(b"\n")
 
     def _put(self, stream: str, data: bytes) -> None:
