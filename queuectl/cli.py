@@ -781,7 +781,7 @@ def dlq_retry(c: Context, job_ids: tuple[str, ...], every: bool, as_json: bool) 
     "-f",
     "--follow",
     is_flag=True,
-    help="print the output as the job writes it, until the job is completed or dead",
+    help="print the output as the job writes it, until the job has ended",
 )
 @json_option
 @pass_ctx
@@ -794,7 +794,7 @@ def logs(c: Context, job_id: str, follow: bool, as_json: bool) -> None:
 
     With -f, print the running attempt's output as it is written (its stdout on
     stdout, its stderr on stderr), then that of each retry, and end when the job is
-    completed or dead; a job not started yet is waited for. A job already finished,
+    completed, dead or cancelled; a job not started yet is waited for. A job already finished,
     or one that printed nothing, shows its log as without -f.
     """
     out = sys.stdout.buffer
@@ -831,7 +831,7 @@ def logs(c: Context, job_id: str, follow: bool, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, as_json: bool) -> None:
-    """Wait until every job is completed or dead; the exit status says how they ended.
+    """Wait until every job is completed, dead or cancelled; the exit status says how.
 
     \b
     Exit status:

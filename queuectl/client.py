@@ -433,7 +433,8 @@ class Client:
                     yield str(event["stream"]), bytes(event["data"])
 
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> WaitView:
-        """Block until every job is final (``completed``, ``dead``), or ``timeout`` seconds.
+        """Block until every job is final (``completed``, ``dead``, ``cancelled``), or
+        ``timeout`` seconds.
 
         Returns where each job stands, in the order given, and ``timed_out``.
         """

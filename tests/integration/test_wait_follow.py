@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from queuectl.errors import EXIT_WAIT_DEAD, EXIT_WAIT_TIMEOUT
+from queuectl.errors import EXIT_WAIT_CANCELLED, EXIT_WAIT_DEAD, EXIT_WAIT_TIMEOUT
 from tests.harness import QueueDaemon, queuectl_command, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -190,3 +190,27 @@ def test_wait_ends_when_its_client_hangs_up(daemon: QueueDaemon) -> None:
     wait_for(lambda: daemon.cli_json("metrics")["connections"] == 1, what="the waiter to go")
     daemon.cli("worker", "start", "--count", "1")
     assert daemon.run("wait", "p").returncode == 0
+
+
+def test_wait_and_follow_end_when_a_job_is_cancelled_or_killed(
+    daemon: QueueDaemon, fifo: Path
+) -> None:
+    daemon.cli("enqueue", "--id", "later", "--delay", "1h", "--", "true")  # waiting
+    waiter = spawn(daemon, "wait", "later")
+    follower = spawn(daemon, "logs", "-f", "later")
+    wait_for(lambda: daemon.cli_json("metrics")["connections"] >= 3, what="both to connect")
+    daemon.cli("cancel", "later")
+    code, out, _ = finish(waiter)
+    assert code == EXIT_WAIT_CANCELLED and out.decode().startswith("later  cancelled: cancelled by")
+    assert finish(follower)[0] == 0
+
+    daemon.cli("enqueue", "--id", "run", "--", f"echo started; read x < {fifo}")
+    daemon.cli("worker", "start", "--count", "1")
+    waiter = spawn(daemon, "wait", "run")
+    follower = spawn(daemon, "logs", "-f", "run")
+    assert follower.stdout is not None
+    read_until(follower.stdout.fileno(), b"started\n")
+    daemon.cli("kill", "run")
+    assert finish(waiter)[0] == EXIT_WAIT_CANCELLED
+    assert finish(follower) == (0, b"", b"")
+    assert daemon.job("run")["state"] == "cancelled"
