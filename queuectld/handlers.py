@@ -401,6 +401,14 @@ async def shutdown(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
 FINISHED_EVENTS = frozenset({"completed", "failed", "dead", "pending", "cancelled"})
 
 
+def _drain_queue(queue: asyncio.Queue[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
+    """The events already waiting in a subscriber's queue, without waiting for more."""
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
+
+
 async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, Any]]:
     """Job events as they happen; with ``until_idle``, end once nothing is left to run."""
     queue = d.events.subscribe()
@@ -413,19 +421,13 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
     def visible(event: dict[str, Any]) -> bool:
         return owner is None or event.get("owner_uid") == owner
 
-    def queued() -> list[dict[str, Any] | None]:
-        out = []
-        while not queue.empty():
-            out.append(queue.get_nowait())
-        return out
-
     try:
         if args.until_idle and await idle():
             yield {"type": "idle", "time": time.time()}
             return
         while True:
             finished = False
-            for event in [await queue.get(), *queued()]:
+            for event in [await queue.get(), *_drain_queue(queue)]:
                 if event is None:
                     # The bus closes when the daemon stops: say so, so that watchers
                     # end cleanly instead of finding the connection closed.
@@ -437,7 +439,7 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
             if args.until_idle and finished and await idle():
                 # Outcomes committed before the count was taken are announced by now:
                 # they come before `idle`, not lost after it.
-                for event in queued():
+                for event in _drain_queue(queue):
                     if event is not None and visible(event):
                         yield event
                 yield {"type": "idle", "time": time.time()}
@@ -449,13 +451,6 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
 # Events saying a job reached a final state (the recorder names them after the state).
 FINAL_EVENTS = frozenset(state.value for state in FINAL)
 FOLLOW_LOG_CHUNK = 1024 * 1024
-
-
-def _drain_queue(queue: asyncio.Queue[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
-    out = []
-    while not queue.empty():
-        out.append(queue.get_nowait())
-    return out
 
 
 def _final_ids(batch: list[dict[str, Any] | None], ids: set[str]) -> set[str]:
