@@ -18,6 +18,9 @@ from queuectld.execproto import JobOutput
 
 # Output a follower may have waiting to be sent; past it, output is skipped (and said so).
 FOLLOWER_BACKLOG_BYTES = 8 * 1024 * 1024
+# Output a follower may hold until the ranges leading to it come; past it, it is shown
+# after a gap.
+FOLLOWER_HOLD_BYTES = 8 * 1024 * 1024
 
 
 class Follower:
@@ -35,17 +38,26 @@ class Follower:
         # Ranges that came before the ones leading to them (a late follower sees the
         # others' output before its own copy of what was written so far): held until then.
         self._early: dict[tuple[int, str], list[JobOutput]] = {}
+        self._held = 0  # bytes in _early
 
     def offer(self, out: JobOutput) -> None:
         """Take what is new in ``out``; show a marker for bytes missing before it."""
         key = (out.attempt, out.stream)
-        if out.offset > self._next.get(key, 0) and not out.cut:
-            self._early.setdefault(key, []).append(out)
-            return
-        self._take(key, out)
-        held = sorted(self._early.pop(key, []), key=lambda o: o.offset)
-        while held and held[0].offset <= self._next[key]:
-            self._take(key, held.pop(0))
+        held = self._early.pop(key, [])
+        held.append(out)
+        held.sort(key=lambda o: o.offset)
+        self._held += len(out.data)
+        # In order, as far as the ranges connect; past a cut, or once too much is held
+        # (what leads to them will not come: the attempt ended before this follower's
+        # copy of its start was sent), after a gap.
+        while held and (
+            held[0].offset <= self._next.get(key, 0)
+            or held[0].cut
+            or self._held > FOLLOWER_HOLD_BYTES
+        ):
+            first = held.pop(0)
+            self._held -= len(first.data)
+            self._take(key, first)
         if held:
             self._early[key] = held
         self.changed.set()

@@ -272,7 +272,8 @@ class ControlServer:
                 task = asyncio.create_task(self._answer(writer, frame, limit))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                if frame.get("op") in self.waiting_ops:
+                op = frame.get("op")  # unchecked yet: anything msgpack can carry
+                if isinstance(op, str) and op in self.waiting_ops:
                     self._streams.add(task)
                     task.add_done_callback(self._streams.discard)
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):

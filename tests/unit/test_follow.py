@@ -83,3 +83,16 @@ def test_relay_hands_output_to_each_follower_of_the_job() -> None:
     assert relay.unsubscribe(b) is True  # the last one: forwarding may stop
     relay.deliver(out(1, b"y"))  # nobody left: dropped
     assert relay.unsubscribe(other) is True
+
+
+def test_ranges_that_never_connect_are_shown_after_a_gap_once_too_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The attempt ended before this follower's copy of its start was sent: what it
+    # holds is shown after a gap rather than held without bound.
+    monkeypatch.setattr(follow, "FOLLOWER_HOLD_BYTES", 8)
+    f = Follower("j")
+    f.offer(out(100, b"abcd"))
+    assert f.take() == []
+    f.offer(out(104, b"efgh\n"))
+    assert text(f) == b"[... 100 bytes not shown ...]\nabcdefgh\n"
