@@ -132,9 +132,7 @@ class Client:
             sock.connect(path)
         except PermissionError:
             sock.close()
-            raise Unavailable(
-                f"permission denied on {path}; ask to be added to the queue's group"
-            ) from None
+            raise Unavailable(paths.permission_problem(path)) from None
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             raise

@@ -37,6 +37,7 @@ HEADER = wire.HEADER
 FrameBuffer = wire.FrameBuffer
 pack = wire.pack
 unpack = wire.unpack
+request_id = wire.request_id
 frame_length = wire.frame_length
 
 MAX_COMMAND_BYTES = 64 * 1024
