@@ -420,11 +420,9 @@ def explain_config(path: str | None, env: Mapping[str, str], flags: Mapping[str,
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name == "QUEUECTLD_CONFIG":
             continue
-        key = name[len(ENV_PREFIX) :].lower()
-        if key in _FIELD_TYPES:
-            take(key, env[name], f"environment {name}", True)
-        else:
-            warnings.append(Problem(f"environment {name}", "not a queuectld setting; ignored"))
+        # A variable naming no key is refused like an unknown key in the file: a typo
+        # (QUEUECTLD_WORKER) must not leave the daemon silently on its defaults.
+        take(name[len(ENV_PREFIX) :].lower(), env[name], f"environment {name}", True)
     for key, value in flags.items():
         if value is not None:
             take(key, value, "--" + key.replace("_", "-"), True)
