@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import os
 import signal
 import time
@@ -212,7 +213,8 @@ class Daemon:
         self.status.changed()
         interval = watchdog_interval()
         if interval is not None:
-            self._spawn(watchdog(self.notifier, interval), "sd-watchdog")
+            probe = functools.partial(self.committer.call, _nothing)
+            self._spawn(watchdog(self.notifier, interval, probe), "sd-watchdog")
 
     def _inherited_socket(self) -> Any:
         """The listening socket systemd passed (socket activation), or None."""
@@ -425,6 +427,10 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _nothing(store: object) -> None:
+    """A store call that does nothing: the watchdog's proof that the store thread answers."""
 
 
 def _runtime_workers(stored: dict[str, str]) -> int | None:

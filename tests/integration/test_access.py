@@ -259,7 +259,7 @@ def test_admin_groups_members_see_and_control_every_job(shared_queue: dict[str, 
 
     def administer() -> Any:
         with Client.connect(sock, autostart=False) as c:
-            jobs, total = c.list_jobs()
+            jobs, _ = c.list_jobs()
             return {
                 "ids": [j["id"] for j in jobs],
                 "owner": c.get_job("alice-2")["owner_uid"],
