@@ -480,7 +480,8 @@ def watch(c: Context, until_idle: bool, as_json: bool) -> None:
     """Print job events as they happen, each with its local time.
 
     Ends (exit status 0) when the daemon stops, or with --until-idle once nothing is
-    pending, running or waiting for a retry. --json prints one JSON object a line.
+    running, due or waiting for a retry (jobs scheduled for later are counted in the
+    last line, not waited for). --json prints one JSON object a line.
     """
     with c.client() as client:
         _follow(client, until_idle, timed=True, as_json=as_json)

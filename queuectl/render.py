@@ -286,7 +286,15 @@ def event_line(event: dict[str, Any]) -> str | None:
     if kind == "cancelled":
         return f"[WARN] [{job}] cancelled ({event.get('reason') or event.get('error')})"
     if kind == "idle":
-        return "[INFO] queue drained: no job pending, running or waiting for a retry"
+        scheduled, next_at = event.get("scheduled") or 0, event.get("next_at")
+        if not scheduled:
+            return "[INFO] queue drained: no job pending, running or waiting for a retry"
+        jobs = "1 job waits" if scheduled == 1 else f"{scheduled} jobs wait"
+        if not isinstance(next_at, int | float):
+            return f"[INFO] nothing to run now: {jobs} for a later time"
+        soon = next_at - float(event.get("time") or time.time()) < 86400
+        at = time.strftime("%H:%M:%S" if soon else "%Y-%m-%d %H:%M:%S", time.localtime(next_at))
+        return f"[INFO] nothing to run now: {jobs} for a later time, the first at {at}"
     if kind == "stopped":
         return "[INFO] queuectld stopped"
     return None

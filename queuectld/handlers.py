@@ -42,7 +42,7 @@ from queuectl.protocol import (
 )
 from queuectld import __version__, joblog, server
 from queuectld.config import QUEUE_SETTINGS, QueueSettings, setting_for
-from queuectld.jobs import ACTIVE, Job, NewJob
+from queuectld.jobs import Job, NewJob
 from queuectld.queues import QueueLimits
 from queuectld.store.base import JobFilter, Store
 
@@ -399,9 +399,24 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
     queue = d.events.subscribe()
     owner = d.access.scope(server.caller())
 
-    async def idle() -> bool:
-        counts = await d.committer.call(lambda s: s.count_by_state(owner))
-        return sum(counts[s] for s in ACTIVE) == 0
+    def look(store: Store) -> dict[str, Any] | None:
+        """The idle event, or None while a job runs, is due, or waits for a retry.
+
+        Jobs waiting for a later time (``--delay``, ``--at``) do not hold the watch:
+        the event says how many wait and, for a watcher who sees every job, when the
+        first is due. A retry is part of the run in progress (its outcome, a DLQ move
+        say, is what a follower waits to see).
+        """
+        counts = store.count_by_state(owner)
+        if counts[JobState.PROCESSING] or counts[JobState.PENDING] or counts[JobState.FAILED]:
+            return None
+        scheduled = counts[JobState.WAITING]
+        # next_timed_at covers every owner's jobs: only a watcher who sees them all gets it.
+        next_at = store.next_timed_at() if scheduled and owner is None else None
+        return {"type": "idle", "time": time.time(), "scheduled": scheduled, "next_at": next_at}
+
+    async def idle() -> dict[str, Any] | None:
+        return await d.committer.call(look)
 
     def visible(event: dict[str, Any]) -> bool:
         return owner is None or event.get("owner_uid") == owner
@@ -413,8 +428,8 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
         return out
 
     try:
-        if args.until_idle and await idle():
-            yield {"type": "idle", "time": time.time()}
+        if args.until_idle and (done := await idle()) is not None:
+            yield done
             return
         while True:
             finished = False
@@ -427,13 +442,13 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
                 if visible(event):
                     yield event
                 finished = finished or event["type"] in FINISHED_EVENTS
-            if args.until_idle and finished and await idle():
+            if args.until_idle and finished and (done := await idle()) is not None:
                 # Outcomes committed before the count was taken are announced by now:
                 # they come before `idle`, not lost after it.
                 for event in queued():
                     if event is not None and visible(event):
                         yield event
-                yield {"type": "idle", "time": time.time()}
+                yield done
                 return
     finally:
         d.events.unsubscribe(queue)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, cast
 
 from queuectl import render
@@ -67,6 +68,14 @@ def test_dead_pending_enqueued_and_idle_lines() -> None:
     assert render.event_line({"type": "enqueued", "id": "j"}) == "[INFO] [j] enqueued"
     idle = render.event_line({"type": "idle", "time": T0})
     assert idle is not None and idle.startswith("[INFO] queue drained")
+    later = {"type": "idle", "time": T0, "scheduled": 2, "next_at": T0 + 90}
+    first = time.strftime("%H:%M:%S", time.localtime(T0 + 90))
+    assert render.event_line(later) == (
+        f"[INFO] nothing to run now: 2 jobs wait for a later time, the first at {first}"
+    )
+    far = render.event_line({**later, "scheduled": 1, "next_at": T0 + 3 * 86400})
+    assert far is not None and "1 job waits" in far
+    assert time.strftime("%Y-%m-%d", time.localtime(T0 + 3 * 86400)) in far
 
 
 def test_unknown_events_print_nothing() -> None:
