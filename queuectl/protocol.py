@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 import types
 import typing
@@ -326,6 +327,34 @@ def plain_number(value: float) -> str:
     if isinstance(value, int) or value.is_integer():
         return str(int(value))
     return repr(value)
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MIN_MEMORY_BYTES = 1 << 20
+MAX_CPUS = 1024.0
+MAX_PROCS_LIMIT = 1 << 22
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1048576`` (K, M, G, T are powers of 1024) as bytes."""
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = raw[-1:] if raw[-1:] in _SIZE_UNITS else ""
+    number = raw[: len(raw) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        raise InvalidRequest(f"memory must be a size such as 512M or 2G, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidRequest(f"memory must be a positive size such as 512M, not {text!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def format_size(size: int) -> str:
+    """Bytes as the shortest exact ``512M``-style size, else MiB with one decimal."""
+    for unit in ("T", "G", "M", "K"):
+        if size >= _SIZE_UNITS[unit] and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return f"{size / (1 << 20):.1f}M"
 
 
 def _check_range(name: str, value: float | None, low: float, high: float) -> None:
@@ -746,6 +775,7 @@ class Outcome(enum.StrEnum):
     TIMEOUT = "timeout"
     NOT_FOUND = "not_found"
     SIGNALED = "signaled"
+    OOM = "oom"  # the kernel's OOM killer ended a process of it (its memory limit)
     INTERRUPTED = "interrupted"  # its executor, the daemon or a drain stopped it
     KILLED = "killed"  # `queuectl kill` stopped it
     ERROR = "error"  # the executor could not start the command at all

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from queuectl.errors import InvalidRequest
-from queuectl.protocol import plain_number
+from queuectl.protocol import MAX_CPUS, MAX_PROCS_LIMIT, parse_size, plain_number
 
 ENV_PREFIX = "QUEUECTLD_"
 
@@ -67,6 +67,15 @@ class DaemonConfig:
     admin_groups: list[str] = field(default_factory=list)
     max_connections: int = 512
     safety_poll: float = 5.0
+    # Where each attempt's cgroup goes: "" finds one (systemd's delegated cgroup, or a
+    # writable cgroup v2 hierarchy for root), a path names a delegated cgroup v2
+    # directory, "off" keeps process groups only (docs/jobs.md).
+    cgroup: str = ""
+    # Limits for jobs enqueued without their own (--memory, --cpus, --max-procs);
+    # "" / 0: none.
+    default_memory: str = ""
+    default_cpus: float = 0.0
+    default_max_procs: int = 0
 
     def resolved(self) -> DaemonConfig:
         """A copy with every derived path filled in and ``~`` expanded."""
@@ -102,6 +111,20 @@ class DaemonConfig:
             out.append(("log_max_bytes", "log_max_bytes must be at least 1024"))
         if self.max_connections < 1:
             out.append(("max_connections", "max_connections must be at least 1"))
+        if self.cgroup not in ("", "off") and not os.path.isabs(self.cgroup):
+            msg = f"cgroup must be empty, 'off' or an absolute path, not {self.cgroup!r}"
+            out.append(("cgroup", msg))
+        if self.default_memory:
+            try:
+                parse_size(self.default_memory)
+            except InvalidRequest as exc:
+                out.append(("default_memory", f"default_{exc.message}"))
+        if not (self.default_cpus == 0 or 0.01 <= self.default_cpus <= MAX_CPUS):
+            msg = f"default_cpus must be 0 (no limit) or between 0.01 and {MAX_CPUS:g}"
+            out.append(("default_cpus", msg))
+        if not 0 <= self.default_max_procs <= MAX_PROCS_LIMIT:
+            msg = f"default_max_procs must be 0 (no limit) or at most {MAX_PROCS_LIMIT}"
+            out.append(("default_max_procs", msg))
         try:
             mode = int(self.socket_mode, 8)
         except ValueError:
@@ -183,6 +206,7 @@ RESTART_KEYS = frozenset(
         "socket_mode",
         "socket_group",
         "executors",
+        "cgroup",
     }
 )
 
@@ -208,6 +232,10 @@ _FIELD_TYPES: dict[str, Any] = {
     "admin_groups": list[str],
     "max_connections": int,
     "safety_poll": float,
+    "cgroup": str,
+    "default_memory": str,
+    "default_cpus": float,
+    "default_max_procs": int,
 }
 
 

@@ -29,7 +29,7 @@ import structlog
 
 from queuectl.errors import QueuectlError, Unavailable
 from queuectl.protocol import JobState, Request
-from queuectld import handlers, procs, server
+from queuectld import cgroup, handlers, procs, server
 from queuectld.access import AccessPolicy
 from queuectld.committer import Committer
 from queuectld.config import (
@@ -140,6 +140,9 @@ class Daemon:
 
         await self._stop.wait()
         await self._drain()
+        if self.containment.base is not None:
+            with contextlib.suppress(OSError):
+                cgroup.remove(self.containment.base)  # empty after a clean drain
         return 0
 
     async def _start(self, inherited: Any) -> None:
@@ -155,6 +158,14 @@ class Daemon:
         executor_env[procs.QUEUE_TAG] = cfg.database
         ops = OsProcessOps(executor_env, cfg.database)
         max_executors = default_executors(cfg.executors)
+        found = cgroup.discover(cfg.cgroup, cfg.database)
+        self.containment = await asyncio.to_thread(cgroup.prepare, found)
+        if self.containment.base is not None:
+            # Whatever a killed daemon and its executors left running ends here, before
+            # its jobs can be handed out again (whatever their group or environment).
+            ended = await asyncio.to_thread(cgroup.sweep, self.containment.base)
+            if ended:
+                log.warning("orphaned_attempts_killed", attempts=ended)
 
         def make_supervisor(events: SupervisorEvents) -> Supervisor:
             return Supervisor(ops, events, max_executors)
@@ -166,6 +177,7 @@ class Daemon:
             lambda: QueueSettings.from_values(self.settings),
             make_supervisor,
             slots_changed=self.status.changed,
+            cgroups=self.containment.base,
         )
         self.supervisor = self.dispatcher.supervisor
         recovered = await recover(
@@ -205,6 +217,7 @@ class Daemon:
             executors=min(max_executors, desired) if desired else 0,
             recovered=recovered,
             pid=os.getpid(),
+            containment=self.containment.describe(),
         )
         self.notifier.notify("READY=1", f"STATUS=ready, {desired} workers")
         self.status.last = f"ready, {desired} workers"

@@ -32,6 +32,7 @@ import structlog
 
 from queuectl.errors import QueuectlError
 from queuectld import procs
+from queuectld.cgroup import attempt_path
 from queuectld.committer import Committer
 from queuectld.config import DaemonConfig, QueueSettings
 from queuectld.events import EventBus
@@ -87,8 +88,10 @@ class Dispatcher:
         settings: Callable[[], QueueSettings],
         make_supervisor: Callable[[SupervisorEvents], Supervisor],
         slots_changed: Callable[[], None] = lambda: None,
+        cgroups: str | None = None,
     ) -> None:
         self.committer = committer
+        self.cgroups = cgroups  # the queue's directory of attempt cgroups (None: none)
         self.events = events
         self.config = config
         self._settings = settings
@@ -426,6 +429,9 @@ class Dispatcher:
             log_max_bytes=self.config.log_max_bytes,
             uid=uid,
             env={**job.env, "QUEUECTL_QUEUE": job.queue, "QUEUECTL_LOG": log_path},
+            cgroup=None
+            if self.cgroups is None
+            else attempt_path(self.cgroups, job.id, claim.attempt),
         )
         hung_after = timeout + self.config.kill_grace + self.config.lease_margin
         if self.supervisor.assign(claim, run, hung_after, queued) is None:

@@ -55,6 +55,12 @@ class RunJob:
     # The job's own variables and queuectl's (QUEUECTL_QUEUE, QUEUECTL_LOG), over the
     # executor's environment.
     env: dict[str, str] | None = None
+    # The attempt's cgroup (queuectld.cgroup); None: its process group only.
+    cgroup: str | None = None
+    # Limits (None: none): bytes of memory, CPUs (1.5 = one and a half), processes.
+    memory: int | None = None
+    cpus: float | None = None
+    max_procs: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "run", **vars(self)}
@@ -158,6 +164,8 @@ class JobFinished:
     error: str | None
     started_at: float
     finished_at: float
+    cpu_seconds: float | None = None  # user + system time of every process of the attempt
+    peak_bytes: int | None = None  # peak memory (see docs/jobs.md for what is counted)
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "finished", **vars(self), "outcome": self.outcome.value}
