@@ -32,8 +32,10 @@ from queuectl.errors import (
 from queuectl.protocol import (
     MAX_BATCH_JOBS,
     MAX_COMMAND_BYTES,
+    MAX_CPUS,
     MAX_LIST_LIMIT,
     MAX_PRIORITY,
+    MAX_PROCS_LIMIT,
     MAX_RETRIES_LIMIT,
     MAX_TIMEOUT_S,
     MAX_WORKERS,
@@ -260,6 +262,11 @@ class _EnqueueCommand(click.Command):
     type=Number(0, 1),
     help="vary each retry delay by up to this fraction [default: the queue's setting]",
 )
+@click.option("--memory", help="memory limit, such as 512M or 2G (docs/jobs.md)")
+@click.option("--cpus", type=Number(0.01, MAX_CPUS), help="CPU limit: 1.5 = one and a half CPUs")
+@click.option(
+    "--max-procs", type=Int(1, MAX_PROCS_LIMIT), help="limit on the job's processes at once"
+)
 @click.option(
     "--not-idempotent",
     is_flag=True,
@@ -290,6 +297,9 @@ def enqueue(
     backoff_base: float | None,
     backoff_max: float | None,
     jitter: float | None,
+    memory: str | None,
+    cpus: float | None,
+    max_procs: int | None,
     not_idempotent: bool,
     from_file: Any,
     as_json: bool,
@@ -339,7 +349,7 @@ def enqueue(
     if not after_dashes and command[0].lstrip().startswith("{"):
         # JSON jobs, never a shell command: each argument must be one JSON object.
         flags: tuple[Any, ...] = (job_id, max_retries, timeout, delay, run_at, priority, queue)
-        flags += (unique_key, backoff_base, backoff_max, jitter)
+        flags += (unique_key, backoff_base, backoff_max, jitter, memory, cpus, max_procs)
         if any(v is not None for v in flags) or not_idempotent or env:
             raise click.UsageError(
                 "put the job's options (id, priority, queue, delay, env...) inside the JSON job"
@@ -374,6 +384,9 @@ def enqueue(
             ("backoff_base", backoff_base),
             ("backoff_max", backoff_max),
             ("jitter", jitter),
+            ("memory", memory),
+            ("cpus", cpus),
+            ("max_procs", max_procs),
         )
         spec.update((key, value) for key, value in options if value is not None)
         if not_idempotent:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 import re
 import types
 import typing
@@ -29,6 +28,7 @@ from typing import Any, ClassVar, NotRequired, TypedDict, TypeVar
 
 from queuectl import wire
 from queuectl.errors import InvalidRequest, ProtocolError
+from queuectl.sizes import parse_size
 
 # The wire format lives in queuectl.wire (cheap to import: the fast enqueue path uses
 # it alone); re-exported here so that `from queuectl.protocol import pack` keeps working.
@@ -60,6 +60,9 @@ MAX_ENV_VARS = 256
 MAX_ENV_BYTES = 64 * 1024
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_IDS_PER_REQUEST = 10_000
+MIN_MEMORY_BYTES = 1 << 20
+MAX_CPUS = 1024.0
+MAX_PROCS_LIMIT = 1 << 22
 
 
 class JobState(enum.StrEnum):
@@ -329,34 +332,6 @@ def plain_number(value: float) -> str:
     return repr(value)
 
 
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-MIN_MEMORY_BYTES = 1 << 20
-MAX_CPUS = 1024.0
-MAX_PROCS_LIMIT = 1 << 22
-
-
-def parse_size(text: str) -> int:
-    """``512M``, ``2G``, ``1048576`` (K, M, G, T are powers of 1024) as bytes."""
-    raw = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = raw[-1:] if raw[-1:] in _SIZE_UNITS else ""
-    number = raw[: len(raw) - len(unit)]
-    try:
-        value = float(number)
-    except ValueError:
-        raise InvalidRequest(f"memory must be a size such as 512M or 2G, not {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidRequest(f"memory must be a positive size such as 512M, not {text!r}")
-    return int(value * _SIZE_UNITS[unit])
-
-
-def format_size(size: int) -> str:
-    """Bytes as the shortest exact ``512M``-style size, else MiB with one decimal."""
-    for unit in ("T", "G", "M", "K"):
-        if size >= _SIZE_UNITS[unit] and size % _SIZE_UNITS[unit] == 0:
-            return f"{size // _SIZE_UNITS[unit]}{unit}"
-    return f"{size / (1 << 20):.1f}M"
-
-
 def _check_range(name: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not low <= value <= high:
         raise InvalidRequest(
@@ -421,6 +396,10 @@ class EnqueueArgs:
     backoff_base: float | None = None
     backoff_max: float | None = None
     jitter: float | None = None
+    # Limits (docs/jobs.md): memory as a size ("512M"), CPUs (1.5), processes.
+    memory: str | None = None
+    cpus: float | None = None
+    max_procs: int | None = None
 
     def validate(self) -> None:
         if self.cwd is not None and (not self.cwd.startswith("/") or "\x00" in self.cwd):
@@ -453,6 +432,14 @@ class EnqueueArgs:
         _check_range("backoff_base", self.backoff_base, 1, 60)
         _check_range("backoff_max", self.backoff_max, 0, MAX_TIMEOUT_S)
         _check_range("jitter", self.jitter, 0, 1)
+        if self.memory is not None and parse_size(self.memory) < MIN_MEMORY_BYTES:
+            raise InvalidRequest("memory must be at least 1M (a shell needs more than that)")
+        _check_range("cpus", self.cpus, 0.01, MAX_CPUS)
+        _check_range("max_procs", self.max_procs, 1, MAX_PROCS_LIMIT)
+
+    def memory_bytes(self) -> int | None:
+        """``memory`` in bytes (None: no limit)."""
+        return None if self.memory is None else parse_size(self.memory)
 
 
 @dataclass(frozen=True)
@@ -702,6 +689,8 @@ class AttemptView(TypedDict):
     outcome: str | None
     error: str | None
     worker: str | None
+    cpu_seconds: float | None  # user + system time of all its processes
+    peak_bytes: int | None  # peak memory (docs/jobs.md says what is counted)
 
 
 class JobView(TypedDict):
@@ -727,6 +716,9 @@ class JobView(TypedDict):
     backoff_base: float
     backoff_max: float
     jitter: float
+    memory: int | None  # limits (None: none of its own)
+    cpus: float | None
+    max_procs: int | None
     history: list[AttemptView]
     # Set on the answer to an enqueue with a unique key that matched an unfinished job.
     existing: NotRequired[bool]

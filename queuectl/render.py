@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from queuectl.sizes import format_size, human_size
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -221,6 +223,17 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
         f"created:     {when_zoned(j['created_at'])}",
         f"updated:     {when_zoned(j['updated_at'])}",
     ]
+    limits = [
+        f"{name} {value}"
+        for name, value in (
+            ("memory", j.get("memory") and format_size(j.get("memory") or 0)),
+            ("cpus", j.get("cpus") and f"{j.get('cpus'):g}"),
+            ("max-procs", j.get("max_procs")),
+        )
+        if value
+    ]
+    if limits:
+        lines.append(f"limits:      {', '.join(limits)}")
     if j["state"] == "waiting":
         lines.append(f"runs at:     {when_zoned(j['run_at'])}")
     elif j["state"] == "failed":
@@ -244,6 +257,8 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
                 "" if a["finished_at"] is None else stamp(a["finished_at"]),
                 "" if a["finished_at"] is None else f"{a['finished_at'] - a['started_at']:.3f}s",
                 "" if a["exit_code"] is None else a["exit_code"],
+                "" if a.get("cpu_seconds") is None else f"{a.get('cpu_seconds'):.3f}s",
+                "" if a.get("peak_bytes") is None else human_size(a.get("peak_bytes") or 0),
                 a["outcome"] or "running",
                 a["worker"] or "",
                 a["error"] or "",
@@ -256,11 +271,13 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
             "ended",
             "took",
             "exit",
+            "cpu",
+            "peak",
             "outcome",
             "worker",
             "error",
         )
-        lines += ["", table(headers, rows, width, elastic=(7,))]
+        lines += ["", table(headers, rows, width, elastic=(9,))]
     return "\n".join(lines)
 
 

@@ -224,6 +224,12 @@ def create(path: str) -> None:
         kill(path)
 
 
+def configure(path: str, files: dict[str, str]) -> None:
+    """Write an attempt's limit files (``memory.max``...) before anything joins it."""
+    for name, value in files.items():
+        _write(os.path.join(path, name), value)
+
+
 def kill(path: str) -> bool:
     """SIGKILL every process in the cgroup; False if it no longer exists.
 

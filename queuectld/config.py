@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from queuectl.errors import InvalidRequest
-from queuectl.protocol import MAX_CPUS, MAX_PROCS_LIMIT, parse_size, plain_number
+from queuectl.protocol import MAX_CPUS, MAX_PROCS_LIMIT, plain_number
+from queuectl.sizes import parse_size
+from queuectld.limits import Limits
 
 ENV_PREFIX = "QUEUECTLD_"
 
@@ -88,6 +90,14 @@ class DaemonConfig:
             log_dir=_path(self.log_dir, home / "logs"),
             log_file=_path(self.log_file, None),
             node_id=self.node_id or socket.gethostname(),
+        )
+
+    def default_limits(self) -> Limits:
+        """The limits of jobs enqueued without their own (``default_memory``...)."""
+        return Limits(
+            memory=parse_size(self.default_memory) if self.default_memory else None,
+            cpus=self.default_cpus or None,
+            max_procs=self.default_max_procs or None,
         )
 
     def problems(self) -> list[tuple[str, str]]:

@@ -178,6 +178,7 @@ class Daemon:
             make_supervisor,
             slots_changed=self.status.changed,
             cgroups=self.containment.base,
+            controllers=self.containment.controllers,
         )
         self.supervisor = self.dispatcher.supervisor
         recovered = await recover(

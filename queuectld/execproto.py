@@ -57,10 +57,12 @@ class RunJob:
     env: dict[str, str] | None = None
     # The attempt's cgroup (queuectld.cgroup); None: its process group only.
     cgroup: str | None = None
-    # Limits (None: none): bytes of memory, CPUs (1.5 = one and a half), processes.
-    memory: int | None = None
-    cpus: float | None = None
-    max_procs: int | None = None
+    # The job's limits as queuectld.limits.plan applies them: files written in the
+    # attempt's cgroup, rlimits set in its shell, and the log header's words for both.
+    memory: int | None = None  # bytes (named in an OOM kill's reason)
+    cgroup_files: dict[str, str] | None = None
+    rlimits: list[tuple[int, int]] | None = None
+    limits_note: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "run", **vars(self)}

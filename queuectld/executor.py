@@ -33,9 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from queuectl.protocol import Outcome, format_size
+from queuectl.protocol import Outcome
+from queuectl.sizes import format_size, human_size
 from queuectl.wire import FrameBuffer
-from queuectld import cgroup, procs
+from queuectld import cgroup, limits, procs
 from queuectld.capture import READ_CHUNK, Capture, write_log
 from queuectld.execproto import (
     ExecutorReady,
@@ -101,6 +102,7 @@ def classify(
     killed: int = 0,
     oom_kills: int = 0,
     memory_limit: str | None = None,
+    cpu_limit_s: int | None = None,
 ) -> tuple[Outcome, str | None]:
     """The outcome of an attempt and its one-line reason."""
     if killed:
@@ -113,6 +115,9 @@ def classify(
         # The OOM killer's SIGKILL, not a bare signal 9 (nor the shell's exit code 137).
         limit = f", limit {memory_limit}" if memory_limit else ""
         return Outcome.OOM, f"killed: out of memory{limit}"
+    xcpu = signal.SIGXCPU.value
+    if cpu_limit_s is not None and returncode in (-xcpu, 128 + xcpu):
+        return Outcome.SIGNALED, f"killed: CPU time limit ({cpu_limit_s}s, SIGXCPU)"
     if returncode < 0:
         return Outcome.SIGNALED, f"killed by signal {-returncode} {_signal_name(-returncode)}"
     if returncode == 0:
@@ -126,13 +131,15 @@ def classify(
 
 def _signal_name(number: int) -> str:
     return signal.Signals(number).name if number in signal.valid_signals() else str(number)
+
+
 def describe_resources(used: cgroup.Usage, contained: bool, limits: str | None) -> str:
     """The log header's ``Resources:`` line: what was used, how the job was contained."""
     parts = []
     if used.cpu_seconds is not None:
         parts.append(f"cpu {used.cpu_seconds:.3f}s")
     if used.peak_bytes is not None:
-        parts.append(f"peak memory {format_size(used.peak_bytes)}")
+        parts.append(f"peak memory {human_size(used.peak_bytes)}")
     parts.append("contained by its cgroup" if contained else "contained by its process group")
     if limits:
         parts.append(f"limits: {limits}")
@@ -307,7 +314,15 @@ class Executor:
             "QUEUECTL_JOB_ID": run.job_id,
             "QUEUECTL_ATTEMPT": str(run.attempt),
         }
-        group, note = self._make_cgroup(run)
+        try:
+            group, note = self._make_cgroup(run)
+        except _StartError as exc:
+            os.close(out_r)
+            os.close(err_r)
+            os.close(out_w)
+            os.close(err_w)
+            self._report_unstarted(run, started, str(exc))
+            return
         try:
             proc = self._spawn(run, out_w, err_w, env, group)
         except _StartError as exc:
@@ -334,6 +349,7 @@ class Executor:
         )
         if note is not None:
             attempt.extra.append(note)
+        attempt.limits_note = run.limits_note
         self.running[run.job_id] = attempt
         self.outbox.append(JobStarted(run.job_id, run.attempt, proc.pid).to_wire())
         read = selectors.EVENT_READ
@@ -354,9 +370,10 @@ class Executor:
         except OSError as exc:
             raise _StartError(f"cannot enter working directory {run.cwd}: {exc.strerror}") from None
         procs_file = os.path.join(group, "cgroup.procs") if group else None
+        rlimits = run.rlimits or []
         try:
             as_user = procs.identity_of(run.uid) if run.uid is not None else None
-            return procs.spawn_job(run.command, out_w, err_w, env, as_user, procs_file)
+            return procs.spawn_job(run.command, out_w, err_w, env, as_user, procs_file, rlimits)
         except OSError as exc:
             raise _StartError(f"cannot start /bin/sh: {exc.strerror}") from None
 
@@ -368,6 +385,11 @@ class Executor:
             cgroup.create(run.cgroup)
         except OSError as exc:
             return None, f"not contained: cannot create its cgroup ({exc.strerror})"
+        try:
+            cgroup.configure(run.cgroup, run.cgroup_files or {})
+        except OSError as exc:
+            cgroup.remove(run.cgroup)
+            raise _StartError(f"cannot set the job's limits: {exc.strerror}") from None
         return run.cgroup, None
 
     def _kill_tree(self, attempt: Attempt) -> None:
@@ -508,6 +530,7 @@ class Executor:
             attempt.killed,
             used.oom_kills,
             format_size(run.memory) if run.memory else None,
+            limits.cpu_seconds_limit(run.rlimits),
         )
         exit_code = attempt.returncode if attempt.returncode >= 0 else None
         try:

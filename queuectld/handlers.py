@@ -10,13 +10,14 @@ settings, the access policy), not the daemon's own wiring.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from queuectl.errors import Conflict, NotFound, ShuttingDown
+from queuectl.errors import Conflict, InvalidRequest, NotFound, ShuttingDown
 from queuectl.protocol import (
     ConfigKeyArgs,
     ConfigSetArgs,
@@ -40,7 +41,8 @@ from queuectl.protocol import (
     WorkersView,
     signal_number,
 )
-from queuectld import __version__, joblog, server
+from queuectld import __version__, joblog, limits, server
+from queuectld.cgroup import Containment
 from queuectld.config import QUEUE_SETTINGS, QueueSettings, setting_for
 from queuectld.jobs import Job, NewJob
 from queuectld.queues import QueueLimits
@@ -65,6 +67,7 @@ class HandlerContext(Protocol):
     supervisor: Supervisor
     access: AccessPolicy
     settings: dict[str, float | int]  # the queue settings (`config set` changes them)
+    containment: Containment  # jobs' cgroups and the controllers delegated to them
     draining: bool
     started_monotonic: float
 
@@ -83,9 +86,9 @@ log = structlog.get_logger("queuectld.handlers")
 WORKERS_SETTING = "workers"
 
 
-def _new_job(args: EnqueueArgs, now: float) -> NewJob:
+def _new_job(d: HandlerContext, args: EnqueueArgs, now: float) -> NewJob:
     run_at = now + args.delay if args.delay else args.run_at
-    return NewJob(
+    new = NewJob(
         command=args.command,
         id=args.id,
         max_retries=args.max_retries,
@@ -101,7 +104,19 @@ def _new_job(args: EnqueueArgs, now: float) -> NewJob:
         backoff_base=args.backoff_base,
         backoff_max=args.backoff_max,
         jitter=args.jitter,
+        memory=args.memory_bytes(),
+        cpus=args.cpus,
+        max_procs=args.max_procs,
     )
+    # A limit the machine cannot enforce is refused, never silently ignored.
+    asked = limits.Limits(new.memory, new.cpus, new.max_procs)
+    if asked:
+        # A root daemon runs each job as its submitter; any other runs them as itself.
+        as_root = os.geteuid() == 0 and not new.owner_uid
+        problem = limits.refusal(asked, as_root, d.containment.controllers)
+        if problem is not None:
+            raise InvalidRequest(problem)
+    return new
 
 
 def _view(d: HandlerContext, job: Job) -> JobView:
@@ -114,7 +129,7 @@ async def ping(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
 
 async def enqueue(d: HandlerContext, args: EnqueueArgs) -> JobView:
     now = time.time()
-    new = _new_job(args, now)
+    new = _new_job(d, args, now)
     inserted = await d.committer.call(lambda s: s.insert_unique([new], now))
     job, existing = inserted.jobs[0], inserted.existing[0]
     if existing:
@@ -126,7 +141,7 @@ async def enqueue(d: HandlerContext, args: EnqueueArgs) -> JobView:
 
 async def enqueue_batch(d: HandlerContext, args: EnqueueBatchArgs) -> dict[str, Any]:
     now = time.time()
-    news = [_new_job(a, now) for a in args.parsed()]
+    news = [_new_job(d, a, now) for a in args.parsed()]
     inserted = await d.committer.call(lambda s: s.insert_unique(news, now))
     fresh = [j for j, old in zip(inserted.jobs, inserted.existing, strict=True) if not old]
     _enqueued(d, fresh)

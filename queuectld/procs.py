@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from queuectld import limits
 
 if TYPE_CHECKING:
     # Imported where used: an executor process never needs asyncio (about 7 MB each), nor
@@ -87,17 +91,20 @@ _devnull: int | None = None
 _RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
-# The shell a contained job starts as: it writes its own pid into the attempt's
-# cgroup.procs ($1), then becomes the job's shell (same pid, so the same process group
-# and pidfd). Nothing of the job runs before the move, so no fork can escape it.
-_JOIN_CGROUP = 'echo $$ > "$1" && exec ' + SHELL + ' -c "$2"'
+def shell_argv(command: str, cgroup_procs: str | None, ulimits: str = "") -> list[str]:
+    """The argv of a job's shell: ``sh -c COMMAND``, after joining a cgroup and limits.
 
-
-def shell_argv(command: str, cgroup_procs: str | None) -> list[str]:
-    """The argv of a job's shell: ``sh -c COMMAND``, joining a cgroup first if given."""
-    if cgroup_procs is None:
+    A contained (or limited) job's shell first writes its own pid into the attempt's
+    ``cgroup.procs`` ($1) and sets its rlimits, then becomes the job's shell with
+    ``exec`` (same pid: the same process group and pidfd). Nothing of the job runs
+    before the move, so no fork can escape it.
+    """
+    if cgroup_procs is None and not ulimits:
         return [SHELL, "-c", command]
-    return [SHELL, "-c", _JOIN_CGROUP, SHELL, cgroup_procs, command]
+    steps = ['echo $$ > "$1"'] if cgroup_procs is not None else []
+    steps += [ulimits] if ulimits else []
+    steps.append(f'exec {SHELL} -c "$2"')
+    return [SHELL, "-c", " && ".join(steps), SHELL, cgroup_procs or "", command]
 
 
 def spawn_job(
@@ -107,13 +114,15 @@ def spawn_job(
     env: dict[str, str],
     as_user: Identity | None = None,
     cgroup_procs: str | None = None,
+    rlimits: Sequence[tuple[int, int]] = (),
 ) -> JobProcess:
     """Start ``sh -c command`` with stdin from /dev/null, leading a new process group.
 
     With ``as_user`` (only possible for a root worker) the shell runs with that user's
     uid, gid and supplementary groups, and its HOME/USER/LOGNAME. With ``cgroup_procs``
-    the shell is in that cgroup before the command runs (see :data:`_JOIN_CGROUP`; a
-    job run as another user is moved while still root, in the child before ``exec``).
+    the shell is in that cgroup before the command runs, and ``rlimits`` are set (see
+    :func:`shell_argv`; a job run as another user is moved and limited while still
+    root, in the child before ``exec``).
 
     The common case uses ``posix_spawn`` (a vfork-like clone, no Python in the child):
     what ``Popen(start_new_session=True, restore_signals=True)`` does, several times
@@ -126,7 +135,7 @@ def spawn_job(
             _devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         pid = os.posix_spawn(
             SHELL,
-            shell_argv(command, cgroup_procs),
+            shell_argv(command, cgroup_procs, limits.ulimit_script(list(rlimits))),
             env,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, _devnull, 0),
@@ -139,7 +148,7 @@ def spawn_job(
         return JobProcess(pid)
     import subprocess
 
-    if cgroup_procs is None:
+    if cgroup_procs is None and not rlimits:
         popen = subprocess.Popen(
             [SHELL, "-c", command],
             stdin=subprocess.DEVNULL,
@@ -159,9 +168,12 @@ def spawn_job(
     identity = as_user
 
     def join_then_drop() -> None:
-        fd = os.open(cgroup_procs, os.O_WRONLY)
-        os.write(fd, b"0")  # "0": the writing process itself
-        os.close(fd)
+        if cgroup_procs is not None:
+            fd = os.open(cgroup_procs, os.O_WRONLY)
+            os.write(fd, b"0")  # "0": the writing process itself
+            os.close(fd)
+        for which, value in rlimits:
+            resource.setrlimit(which, limits.soft_and_hard(which, value))
         os.setgroups(identity.groups)
         os.setgid(identity.gid)
         os.setuid(identity.uid)
