@@ -113,7 +113,8 @@ def ulimit_script(rlimits: list[tuple[int, int]]) -> str:
         soft, hard = soft_and_hard(which, value)
         scale = 1024 if which == resource.RLIMIT_AS else 1  # ulimit -v counts KiB
         flag = _ULIMIT[which]
-        parts.append(f"ulimit -H {flag} {hard // scale} && ulimit -S {flag} {soft // scale}")
+        # Soft first: a hard limit below the soft one in force is refused.
+        parts.append(f"ulimit -S {flag} {soft // scale} && ulimit -H {flag} {hard // scale}")
     return " && ".join(parts)
 
 
