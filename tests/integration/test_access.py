@@ -276,6 +276,42 @@ def test_admin_groups_members_see_and_control_every_job(shared_queue: dict[str, 
     _wait_done(sock, ["alice-2"])
 
 
+def test_a_fork_bomb_under_max_procs_ends_and_leaves_nothing(shared_queue: dict[str, Any]) -> None:
+    """A user's job: --max-procs by RLIMIT_NPROC here (no pids controller), then the
+    attempt's end (its timeout) takes every process of the bomb with it."""
+    sock, out = shared_queue["sock"], shared_queue["out"]
+    alice = shared_queue["users"][USERS[0]]
+
+    def bomb() -> Any:
+        with Client.connect(sock, autostart=False) as c:
+            # Each shell forks two more until fork fails (EAGAIN at 24 processes).
+            job = c.enqueue(
+                "f() { f | f & }; f; wait", id="bomb", max_procs=24, timeout=3, cwd=str(out)
+            )
+            return job["max_procs"]
+
+    assert as_user(alice.pw_uid, bomb) == {"ok": 24}
+    job = _wait_done(sock, ["bomb"], timeout=60)["bomb"]
+    assert job["history"][0]["outcome"] == "timeout"
+    log = (shared_queue["base"] / "state" / "logs" / "job_bomb.txt").read_text()
+    assert "max-procs 24 (" in log
+
+    def processes_of(uid: int) -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.stat(f"/proc/{entry}").st_uid == uid:
+                        found.append(int(entry))
+        return found
+
+    # Nothing of the bomb is left (a cgroup per attempt; else its process group).
+    deadline = time.monotonic() + 10
+    while processes_of(alice.pw_uid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_of(alice.pw_uid) == []
+
+
 @pytest.fixture
 def private_daemon() -> Iterator[dict[str, Any]]:
     base = Path(tempfile.mkdtemp(prefix="qc-acl-", dir="/tmp"))

@@ -139,7 +139,7 @@ def test_follow_and_watch_end_when_only_scheduled_jobs_wait(daemon: QueueDaemon)
     (idle,) = events
     assert idle["type"] == "idle" and idle["scheduled"] == 1
     assert idle["next_at"] == daemon.job("later")["run_at"]
-    assert daemon.job("later")["state"] == "pending"
+    assert daemon.job("later")["state"] == "waiting"
 
 
 def test_autostart_and_shutdown(daemon_factory: DaemonFactory) -> None:
