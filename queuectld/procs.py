@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import resource
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -95,16 +96,17 @@ def shell_argv(command: str, cgroup_procs: str | None, ulimits: str = "") -> lis
     """The argv of a job's shell: ``sh -c COMMAND``, after joining a cgroup and limits.
 
     A contained (or limited) job's shell first writes its own pid into the attempt's
-    ``cgroup.procs`` ($1) and sets its rlimits, then becomes the job's shell with
-    ``exec`` (same pid: the same process group and pidfd). Nothing of the job runs
-    before the move, so no fork can escape it.
+    ``cgroup.procs`` and sets its rlimits, then runs the command: nothing of the job
+    runs before the move, so no fork can escape it. The steps go in front of the
+    command on its first line, so the shell parses that line whole before it runs
+    anything (a syntax error runs nothing, as before) and line numbers in the job's
+    error messages stay its own; no second shell is started.
     """
-    if cgroup_procs is None and not ulimits:
-        return [SHELL, "-c", command]
-    steps = ['echo $$ > "$1"'] if cgroup_procs is not None else []
+    steps = [f"echo $$ > {shlex.quote(cgroup_procs)}"] if cgroup_procs is not None else []
     steps += [ulimits] if ulimits else []
-    steps.append(f'exec {SHELL} -c "$2"')
-    return [SHELL, "-c", " && ".join(steps), SHELL, cgroup_procs or "", command]
+    if not steps:
+        return [SHELL, "-c", command]
+    return [SHELL, "-c", " && ".join(steps) + " || exit 125; " + command]
 
 
 def spawn_job(
@@ -148,24 +150,12 @@ def spawn_job(
         return JobProcess(pid)
     import subprocess
 
-    if cgroup_procs is None and not rlimits:
-        popen = subprocess.Popen(
-            [SHELL, "-c", command],
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            env={**env, **as_user.env},
-            start_new_session=True,
-            close_fds=True,
-            user=as_user.uid,
-            group=as_user.gid,
-            extra_groups=as_user.groups,
-        )
-        return JobProcess(popen.pid, popen)
-    # The user could not write cgroup.procs: the child moves itself while still root,
-    # then drops to the user (Popen would drop before a preexec_fn runs). The executor
-    # is single-threaded, so a preexec_fn is safe here.
     identity = as_user
+    drop: dict[str, Any] = {
+        "user": identity.uid,
+        "group": identity.gid,
+        "extra_groups": identity.groups,
+    }
 
     def join_then_drop() -> None:
         if cgroup_procs is not None:
@@ -178,6 +168,12 @@ def spawn_job(
         os.setgid(identity.gid)
         os.setuid(identity.uid)
 
+    if cgroup_procs is not None or rlimits:
+        # The user could not write cgroup.procs (nor raise a limit back): the child
+        # moves and limits itself while still root, then drops to the user (Popen's own
+        # user= would drop before a preexec_fn runs). The executor is single-threaded,
+        # so a preexec_fn is safe here.
+        drop = {"preexec_fn": join_then_drop}
     popen = subprocess.Popen(
         [SHELL, "-c", command],
         stdin=subprocess.DEVNULL,
@@ -186,7 +182,7 @@ def spawn_job(
         env={**env, **as_user.env},
         start_new_session=True,
         close_fds=True,
-        preexec_fn=join_then_drop,
+        **drop,
     )
     return JobProcess(popen.pid, popen)
 

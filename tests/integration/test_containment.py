@@ -28,22 +28,24 @@ from tests.harness import QueueDaemon, wait_for
 MODES = ("cgroup", "process-group")
 
 
-def escapee_pids(token: str) -> list[int]:
-    """Live processes whose command line holds ``token`` (zombies do not count)."""
-    found = []
+def processes() -> Iterator[tuple[int, bytes, int, bytes]]:
+    """Every process now: pid, state letter, parent pid, command line."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
                 cmdline = fh.read()
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                state = fh.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
-            continue
-        if token.encode() in cmdline and state != b"Z":
-            found.append(int(entry))
-    return found
+            continue  # gone meanwhile
+        yield int(entry), fields[0], int(fields[1]), cmdline
+
+
+def escapee_pids(token: str) -> list[int]:
+    """Live processes whose command line holds ``token`` (zombies do not count)."""
+    return [pid for pid, state, _, cmd in processes() if token.encode() in cmd and state != b"Z"]
 
 
 def escaping_job(token: str, ready: Path) -> str:
@@ -96,13 +98,18 @@ def _check(setup: Contained, token: str) -> None:
         assert escapee_pids(token), "the escapee was expected to survive without a cgroup"
 
 
-def test_timeout_leaves_nothing_behind(contained: Contained, token: str, tmp_path: Path) -> None:
-    d = contained.daemon
+def start_escapee(d: QueueDaemon, token: str, tmp_path: Path, *enqueue: str) -> None:
+    """Enqueue and run the escaping job; return once its escapee runs."""
     ready = tmp_path / "ready"
-    d.cli("enqueue", "--id", "esc", "--timeout", "3", "--", escaping_job(token, ready))
+    d.cli("enqueue", "--id", "esc", *enqueue, "--", escaping_job(token, ready))
     d.cli("worker", "start", "--count", "1")
     wait_for(ready.exists, timeout=20, what="the escapee to start")
     assert escapee_pids(token)
+
+
+def test_timeout_leaves_nothing_behind(contained: Contained, token: str, tmp_path: Path) -> None:
+    d = contained.daemon
+    start_escapee(d, token, tmp_path, "--timeout", "3")
     job = d.wait_for_state("esc", "failed", "dead", timeout=30)
     assert job["history"][0]["outcome"] == "timeout"
     _check(contained, token)
@@ -110,10 +117,7 @@ def test_timeout_leaves_nothing_behind(contained: Contained, token: str, tmp_pat
 
 def test_kill_leaves_nothing_behind(contained: Contained, token: str, tmp_path: Path) -> None:
     d = contained.daemon
-    ready = tmp_path / "ready"
-    d.cli("enqueue", "--id", "esc", "--", escaping_job(token, ready))
-    d.cli("worker", "start", "--count", "1")
-    wait_for(ready.exists, timeout=20, what="the escapee to start")
+    start_escapee(d, token, tmp_path)
     d.cli("kill", "esc")
     job = d.wait_for_state("esc", "cancelled", timeout=30)
     assert job["history"][0]["outcome"] == "killed"
@@ -122,10 +126,7 @@ def test_kill_leaves_nothing_behind(contained: Contained, token: str, tmp_path: 
 
 def test_drain_leaves_nothing_behind(contained: Contained, token: str, tmp_path: Path) -> None:
     d = contained.daemon
-    ready = tmp_path / "ready"
-    d.cli("enqueue", "--id", "esc", "--", escaping_job(token, ready))
-    d.cli("worker", "start", "--count", "1")
-    wait_for(ready.exists, timeout=20, what="the escapee to start")
+    start_escapee(d, token, tmp_path)
     assert d.stop() == 0  # drain_timeout 0.5 s: the job is stopped, requeued
     _check(contained, token)
 
@@ -159,17 +160,8 @@ def test_sigkill_of_daemon_and_executors_leaves_nothing_behind(
 
 def _executors_of(daemon_pid: int) -> list[int]:
     """The daemon's executor processes (its children running queuectld.executor)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read()
-        except (OSError, ValueError):
-            continue
-        if ppid == daemon_pid and b"queuectld.executor" in cmdline:
-            found.append(int(entry))
-    return found
+    return [
+        pid
+        for pid, _, ppid, cmd in processes()
+        if ppid == daemon_pid and b"queuectld.executor" in cmd
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from queuectl.errors import InvalidRequest
 from queuectl.protocol import Outcome
 from queuectl.sizes import format_size, human_size, parse_size
-from queuectld import cgroup, limits
+from queuectld import cgroup, limits, procs
 from queuectld.executor import classify
 
 ALL = frozenset({"cpu", "memory", "pids"})
@@ -133,3 +134,26 @@ def test_discovery_says_why_there_is_no_cgroup(tmp_path: Path) -> None:
     info = f"41 31 0:38 / {fake} rw - cgroup2 cgroup2 rw\n"
     systemd = cgroup.discover("", "q", {"INVOCATION_ID": "x"}, "0::/system.slice\n", info)
     assert systemd.base is None and "Delegate=yes" in systemd.why
+
+
+def test_the_job_shell_joins_first_and_runs_the_command_as_its_own(tmp_path: Path) -> None:
+    """The join goes in front of the command on its first line: the command sees the
+    same $0, no arguments, its own line numbers; a syntax error runs nothing."""
+    joined = tmp_path / "cgroup.procs"  # a plain file stands in for the cgroup's
+    command = "echo $0 $#; nosuchcommand"
+    plain = subprocess.run(procs.shell_argv(command, None), capture_output=True, text=True)
+    contained = subprocess.run(
+        procs.shell_argv(command, str(joined), "ulimit -S -t 60"), capture_output=True, text=True
+    )
+    assert (contained.returncode, contained.stdout) == (plain.returncode, plain.stdout)
+    assert contained.stderr == plain.stderr and "1: nosuchcommand: not found" in plain.stderr
+    assert joined.read_text().strip().isdigit()  # the shell's own pid, written first
+    joined.unlink()
+    broken = subprocess.run(
+        procs.shell_argv("echo ran; fi", str(joined)), capture_output=True, text=True
+    )
+    assert broken.returncode == 2 and broken.stdout == "" and not joined.exists()
+    unwritable = subprocess.run(
+        procs.shell_argv("echo ran", str(tmp_path / "no" / "such")), capture_output=True
+    )
+    assert unwritable.returncode == 125 and unwritable.stdout == b""
