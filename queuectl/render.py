@@ -208,6 +208,14 @@ def jobs(views: Sequence[JobView], total: int, width: int | None = 80) -> str:
     return out
 
 
+def _cpu(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.3f}s"
+
+
+def _peak(size: int | None) -> str:
+    return "" if size is None else human_size(size)
+
+
 def job_detail(j: JobView, width: int | None = 80) -> str:
     lines = [
         f"id:          {j['id']}",
@@ -250,6 +258,9 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
     if j["last_error"]:
         lines.append(f"last error:  {j['last_error']}")
     if j["history"]:
+        # CPU time and peak memory get columns of their own when the table may be wide
+        # (--wide); in 80 columns, a line for the last attempt that has them.
+        wide = width is None or width >= 100
         rows = [
             (
                 a["attempt"],
@@ -257,27 +268,24 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
                 "" if a["finished_at"] is None else stamp(a["finished_at"]),
                 "" if a["finished_at"] is None else f"{a['finished_at'] - a['started_at']:.3f}s",
                 "" if a["exit_code"] is None else a["exit_code"],
-                "" if a.get("cpu_seconds") is None else f"{a.get('cpu_seconds'):.3f}s",
-                "" if a.get("peak_bytes") is None else human_size(a.get("peak_bytes") or 0),
+                *((_cpu(a.get("cpu_seconds")), _peak(a.get("peak_bytes"))) if wide else ()),
                 a["outcome"] or "running",
                 a["worker"] or "",
                 a["error"] or "",
             )
             for a in j["history"]
         ]
-        headers = (
-            "attempt",
-            f"started {zone()}",
-            "ended",
-            "took",
-            "exit",
-            "cpu",
-            "peak",
-            "outcome",
-            "worker",
-            "error",
-        )
-        lines += ["", table(headers, rows, width, elastic=(9,))]
+        headers: tuple[str, ...] = ("attempt", f"started {zone()}", "ended", "took", "exit")
+        headers += ("cpu", "peak") if wide else ()
+        headers += ("outcome", "worker", "error")
+        lines += ["", table(headers, rows, width, elastic=(len(headers) - 1,))]
+        used = [a for a in j["history"] if a.get("cpu_seconds") is not None]
+        if used and not wide:
+            last = used[-1]
+            lines.append(
+                f"attempt {last['attempt']} used: cpu {_cpu(last.get('cpu_seconds'))}, "
+                f"peak memory {_peak(last.get('peak_bytes')) or 'not known'}"
+            )
     return "\n".join(lines)
 
 

@@ -284,17 +284,18 @@ def test_a_fork_bomb_under_max_procs_ends_and_leaves_nothing(shared_queue: dict[
 
     def bomb() -> Any:
         with Client.connect(sock, autostart=False) as c:
-            # Each shell forks two more until fork fails (EAGAIN at 24 processes).
+            # Each shell forks two more until fork fails (EAGAIN at 24 processes); the
+            # job's shell then exits (or times out) with the bomb's leftovers running.
             job = c.enqueue(
-                "f() { f | f & }; f; wait", id="bomb", max_procs=24, timeout=3, cwd=str(out)
+                "f() { f | f & }; f; sleep 1", id="bomb", max_procs=24, timeout=5, cwd=str(out)
             )
             return job["max_procs"]
 
     assert as_user(alice.pw_uid, bomb) == {"ok": 24}
-    job = _wait_done(sock, ["bomb"], timeout=60)["bomb"]
-    assert job["history"][0]["outcome"] == "timeout"
+    _wait_done(sock, ["bomb"], timeout=60)
     log = (shared_queue["base"] / "state" / "logs" / "job_bomb.txt").read_text()
     assert "max-procs 24 (" in log
+    assert "fork" in log.lower()  # the shells were refused forks ("Cannot fork")
 
     def processes_of(uid: int) -> list[int]:
         found = []

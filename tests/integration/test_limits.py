@@ -76,13 +76,14 @@ def test_memory_by_cgroup_ends_oom_with_the_reason(daemon: QueueDaemon) -> None:
 
 def test_cpus_by_rlimit_caps_cpu_time(daemon: QueueDaemon) -> None:
     need(daemon, "cpu", present=False)
-    # 0.25 CPU x 8 s timeout = 2 s of CPU time each process may use: SIGXCPU ends the
-    # busy loop after 2 s of CPU (it needs a quarter of a core to get there in time).
-    job = run_one(daemon, "--cpus", "0.25", "--timeout", "8", "--", BUSY)
+    # 0.05 CPU x 40 s timeout = 2 s of CPU time each process may use: SIGXCPU ends the
+    # busy loop after 2 s of CPU (a twentieth of a core gets there before the timeout,
+    # however loaded the machine).
+    job = run_one(daemon, "--cpus", "0.05", "--timeout", "40", "--", BUSY)
     (attempt,) = job["history"]  # type: ignore[misc]
     assert attempt["error"] == "killed: CPU time limit (2s, SIGXCPU)", attempt
     assert 1.5 <= attempt["cpu_seconds"] <= 3  # type: ignore[operator]
-    assert "cpus 0.25 (RLIMIT_CPU 2s, each process)" in daemon.job_log("j")
+    assert "cpus 0.05 (RLIMIT_CPU 2s, each process)" in daemon.job_log("j")
 
 
 def test_cpus_by_cgroup_is_a_rate(daemon: QueueDaemon) -> None:
@@ -130,7 +131,9 @@ def test_each_attempt_records_cpu_time_and_peak_memory(daemon: QueueDaemon) -> N
     assert attempt["cpu_seconds"] == done["cpu_seconds"]
     assert attempt["peak_bytes"] == done["peak_bytes"]
     show = daemon.cli("show", "j")
-    assert "| cpu " in show and "| peak " in show
+    assert f"attempt 1 used: cpu {done['cpu_seconds']:.3f}s, peak memory " in show
+    wide = daemon.cli("show", "--wide", "j")
+    assert "| cpu " in wide and "| peak " in wide
     header = daemon.job_log("j")
     contained = "cgroup" if cgroup.discover("", str(daemon.database)).base else "process group"
     assert f"Resources: cpu {done['cpu_seconds']:.3f}s, peak memory " in header
