@@ -104,9 +104,13 @@ def _enqueue_true(client: Client, n: int) -> None:
         left -= chunk
 
 
-def drain(n: int, poll: float = 0.005) -> float:
-    """Jobs/s: ``n`` jobs of ``true`` queued with no worker, then 2 workers until all finished."""
-    with daemon(workers=0) as d, d.client() as c:
+def drain(n: int, poll: float = 0.005, env: dict[str, str] | None = None) -> float:
+    """Jobs/s: ``n`` jobs of ``true`` queued with no worker, then 2 workers until all finished.
+
+    ``env`` adds daemon settings: ``{"QUEUECTLD_CGROUP": "off"}`` measures the same drain
+    without a cgroup per attempt (process groups only), for the cost of containment.
+    """
+    with daemon(workers=0, env=env) as d, d.client() as c:
         _enqueue_true(c, n)
         if counts(c)["pending"] != n:
             raise RuntimeError("jobs were not all pending before the drain")

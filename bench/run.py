@@ -70,7 +70,14 @@ def drain_section(plan: Plan, available: dict[str, bool], errors: list[str]) -> 
     """Ceilings, queuectl's drain and each peer's, interleaved round by round."""
     series: dict[str, list[float | None]] = {
         k: []
-        for k in ("ceiling_python", "ceiling_xargs", "ceiling_python_logfile", "queuectl", *PEERS)
+        for k in (
+            "ceiling_python",
+            "ceiling_xargs",
+            "ceiling_python_logfile",
+            "queuectl",
+            "queuectl_process_groups",
+            *PEERS,
+        )
     }
     for r in range(plan.reps):
         log(f"drain round {r + 1}/{plan.reps}")
@@ -79,6 +86,14 @@ def drain_section(plan: Plan, available: dict[str, bool], errors: list[str]) -> 
             _try(errors, "ceiling", lambda n=n: ceiling.python_spawners(n))  # type: ignore[misc]
         )
         series["queuectl"].append(_try(errors, "queuectl drain", lambda: qc.drain(plan.drain_jobs)))
+        # The same drain without a cgroup per attempt: what containment costs.
+        series["queuectl_process_groups"].append(
+            _try(
+                errors,
+                "queuectl drain, process groups only",
+                lambda: qc.drain(plan.drain_jobs, env={"QUEUECTLD_CGROUP": "off"}),
+            )
+        )
         if available["task-spooler"]:
             series["task-spooler"].append(
                 _try(errors, "tsp drain", lambda: peers.tsp_drain(plan.peer_drain_jobs))
@@ -124,8 +139,13 @@ def drain_section(plan: Plan, available: dict[str, bool], errors: list[str]) -> 
         ratio_samples(series["queuectl"], series["ceiling_python_logfile"])
     )
     out["ratio_to_best_peer"] = summary(ratio_samples(series["queuectl"], best_peer))
+    # Below 1: a cgroup per attempt costs that share of the drain rate (1 where none).
+    out["ratio_cgroup_to_process_groups"] = summary(
+        ratio_samples(series["queuectl"], series["queuectl_process_groups"])
+    )
     out["jobs"] = {
         "queuectl": plan.drain_jobs,
+        "queuectl_process_groups": plan.drain_jobs,
         "task-spooler": min(plan.peer_drain_jobs, peers.TSP_MAX_JOBS),
         "nq": plan.peer_drain_jobs,
         "huey": plan.peer_drain_jobs,
@@ -348,6 +368,7 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
         "drain_ratio_to_ceiling": med("drain", "ratio_to_ceiling"),
         "best_peer_drain_jobs_per_s": med("drain", "best_peer"),
         "drain_ratio_to_best_peer": med("drain", "ratio_to_best_peer"),
+        "drain_ratio_cgroup_to_process_groups": med("drain", "ratio_cgroup_to_process_groups"),
         "batch_enqueue_jobs_per_s": med("batch", "queuectl"),
         "cli_enqueue_ms": med("cli", "queuectl"),
         "python_startup_ms": med("cli", "python"),

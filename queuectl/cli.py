@@ -36,8 +36,10 @@ from queuectl.errors import (
 from queuectl.protocol import (
     MAX_BATCH_JOBS,
     MAX_COMMAND_BYTES,
+    MAX_CPUS,
     MAX_LIST_LIMIT,
     MAX_PRIORITY,
+    MAX_PROCS_LIMIT,
     MAX_RETRIES_LIMIT,
     MAX_TIMEOUT_S,
     MAX_WORKERS,
@@ -265,6 +267,11 @@ class _EnqueueCommand(click.Command):
     type=Number(0, 1),
     help="vary each retry delay by up to this fraction [default: the queue's setting]",
 )
+@click.option("--memory", help="memory limit, such as 512M or 2G (docs/jobs.md)")
+@click.option("--cpus", type=Number(0.01, MAX_CPUS), help="CPU limit: 1.5 = one and a half CPUs")
+@click.option(
+    "--max-procs", type=Int(1, MAX_PROCS_LIMIT), help="limit on the job's processes at once"
+)
 @click.option(
     "--not-idempotent",
     is_flag=True,
@@ -295,6 +302,9 @@ def enqueue(
     backoff_base: float | None,
     backoff_max: float | None,
     jitter: float | None,
+    memory: str | None,
+    cpus: float | None,
+    max_procs: int | None,
     not_idempotent: bool,
     from_file: Any,
     as_json: bool,
@@ -344,7 +354,7 @@ def enqueue(
     if not after_dashes and command[0].lstrip().startswith("{"):
         # JSON jobs, never a shell command: each argument must be one JSON object.
         flags: tuple[Any, ...] = (job_id, max_retries, timeout, delay, run_at, priority, queue)
-        flags += (unique_key, backoff_base, backoff_max, jitter)
+        flags += (unique_key, backoff_base, backoff_max, jitter, memory, cpus, max_procs)
         if any(v is not None for v in flags) or not_idempotent or env:
             raise click.UsageError(
                 "put the job's options (id, priority, queue, delay, env...) inside the JSON job"
@@ -379,6 +389,9 @@ def enqueue(
             ("backoff_base", backoff_base),
             ("backoff_max", backoff_max),
             ("jitter", jitter),
+            ("memory", memory),
+            ("cpus", cpus),
+            ("max_procs", max_procs),
         )
         spec.update((key, value) for key, value in options if value is not None)
         if not_idempotent:
@@ -485,7 +498,8 @@ def watch(c: Context, until_idle: bool, as_json: bool) -> None:
     """Print job events as they happen, each with its local time.
 
     Ends (exit status 0) when the daemon stops, or with --until-idle once nothing is
-    pending, running or waiting for a retry. --json prints one JSON object a line.
+    running, due or waiting for a retry (jobs scheduled for later are counted in the
+    last line, not waited for). --json prints one JSON object a line.
     """
     with c.client() as client:
         _follow(client, until_idle, timed=True, as_json=as_json)

@@ -136,9 +136,7 @@ class Client:
             sock.connect(path)
         except PermissionError:
             sock.close()
-            raise Unavailable(
-                f"permission denied on {path}; ask to be added to the queue's group"
-            ) from None
+            raise Unavailable(paths.permission_problem(path)) from None
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             raise
@@ -281,12 +279,16 @@ class Client:
         backoff_base: float | None = None,
         backoff_max: float | None = None,
         jitter: float | None = None,
+        memory: str | None = None,
+        cpus: float | None = None,
+        max_procs: int | None = None,
     ) -> JobView:
         """Add one job; returns it once it is durably stored.
 
         ``delay`` (seconds) or ``run_at`` (Unix time) make it wait; ``priority`` (higher
         first) and ``queue`` place it; with ``unique_key``, an unfinished job holding the
         key is returned instead (its ``existing`` is True) and nothing is stored.
+        ``memory`` ("512M"), ``cpus`` and ``max_procs`` limit it (docs/jobs.md).
         """
         spec = EnqueueArgs(
             command,
@@ -304,6 +306,9 @@ class Client:
             backoff_base=backoff_base,
             backoff_max=backoff_max,
             jitter=jitter,
+            memory=memory,
+            cpus=cpus,
+            max_procs=max_procs,
         )
         defaults = {"idempotent": True, "priority": 0, "queue": DEFAULT_QUEUE}
         return self.enqueue_spec(

@@ -53,6 +53,17 @@ def socket_path_problem(path: str) -> str | None:
     )
 
 
+def permission_problem(path: str) -> str:
+    """The sentence for a socket we may not use: its directory out of reach, or the socket."""
+    directory = os.path.dirname(path) or "."
+    if not os.access(directory, os.X_OK):
+        return (
+            f"permission denied on {path}: its directory {directory} is not reachable by "
+            "you (another user's, or private); set QUEUECTL_HOME to a directory of yours"
+        )
+    return f"permission denied on {path}; ask to be added to the queue's group"
+
+
 def autostart_enabled() -> bool:
     """False when ``QUEUECTL_NO_AUTOSTART`` says so."""
     return os.environ.get("QUEUECTL_NO_AUTOSTART", "").lower() not in ("1", "true", "yes")

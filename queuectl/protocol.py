@@ -28,6 +28,7 @@ from typing import Any, ClassVar, NotRequired, TypedDict, TypeVar
 
 from queuectl import wire
 from queuectl.errors import InvalidRequest, ProtocolError
+from queuectl.sizes import parse_size
 
 # The wire format lives in queuectl.wire (cheap to import: the fast enqueue path uses
 # it alone); re-exported here so that `from queuectl.protocol import pack` keeps working.
@@ -37,6 +38,7 @@ HEADER = wire.HEADER
 FrameBuffer = wire.FrameBuffer
 pack = wire.pack
 unpack = wire.unpack
+request_id = wire.request_id
 frame_length = wire.frame_length
 
 MAX_COMMAND_BYTES = 64 * 1024
@@ -58,6 +60,9 @@ MAX_ENV_VARS = 256
 MAX_ENV_BYTES = 64 * 1024
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_IDS_PER_REQUEST = 10_000
+MIN_MEMORY_BYTES = 1 << 20
+MAX_CPUS = 1024.0
+MAX_PROCS_LIMIT = 1 << 22
 
 
 class JobState(enum.StrEnum):
@@ -393,6 +398,10 @@ class EnqueueArgs:
     backoff_base: float | None = None
     backoff_max: float | None = None
     jitter: float | None = None
+    # Limits (docs/jobs.md): memory as a size ("512M"), CPUs (1.5), processes.
+    memory: str | None = None
+    cpus: float | None = None
+    max_procs: int | None = None
 
     def validate(self) -> None:
         if self.cwd is not None and (not self.cwd.startswith("/") or "\x00" in self.cwd):
@@ -425,6 +434,14 @@ class EnqueueArgs:
         _check_range("backoff_base", self.backoff_base, 1, 60)
         _check_range("backoff_max", self.backoff_max, 0, MAX_TIMEOUT_S)
         _check_range("jitter", self.jitter, 0, 1)
+        if self.memory is not None and parse_size(self.memory) < MIN_MEMORY_BYTES:
+            raise InvalidRequest("memory must be at least 1M (a shell needs more than that)")
+        _check_range("cpus", self.cpus, 0.01, MAX_CPUS)
+        _check_range("max_procs", self.max_procs, 1, MAX_PROCS_LIMIT)
+
+    def memory_bytes(self) -> int | None:
+        """``memory`` in bytes (None: no limit)."""
+        return None if self.memory is None else parse_size(self.memory)
 
 
 @dataclass(frozen=True)
@@ -688,6 +705,8 @@ class AttemptView(TypedDict):
     outcome: str | None
     error: str | None
     worker: str | None
+    cpu_seconds: float | None  # user + system time of all its processes
+    peak_bytes: int | None  # peak memory (docs/jobs.md says what is counted)
 
 
 class JobView(TypedDict):
@@ -713,6 +732,9 @@ class JobView(TypedDict):
     backoff_base: float
     backoff_max: float
     jitter: float
+    memory: int | None  # limits (None: none of its own)
+    cpus: float | None
+    max_procs: int | None
     history: list[AttemptView]
     # Set on the answer to an enqueue with a unique key that matched an unfinished job.
     existing: NotRequired[bool]
@@ -778,6 +800,7 @@ class Outcome(enum.StrEnum):
     TIMEOUT = "timeout"
     NOT_FOUND = "not_found"
     SIGNALED = "signaled"
+    OOM = "oom"  # the kernel's OOM killer ended a process of it (its memory limit)
     INTERRUPTED = "interrupted"  # its executor, the daemon or a drain stopped it
     KILLED = "killed"  # `queuectl kill` stopped it
     ERROR = "error"  # the executor could not start the command at all

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from queuectl.sizes import format_size, human_size
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -206,6 +208,14 @@ def jobs(views: Sequence[JobView], total: int, width: int | None = 80) -> str:
     return out
 
 
+def _cpu(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.3f}s"
+
+
+def _peak(size: int | None) -> str:
+    return "" if size is None else human_size(size)
+
+
 def job_detail(j: JobView, width: int | None = 80) -> str:
     lines = [
         f"id:          {j['id']}",
@@ -221,6 +231,17 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
         f"created:     {when_zoned(j['created_at'])}",
         f"updated:     {when_zoned(j['updated_at'])}",
     ]
+    limits = [
+        f"{name} {value}"
+        for name, value in (
+            ("memory", j.get("memory") and format_size(j.get("memory") or 0)),
+            ("cpus", j.get("cpus") and f"{j.get('cpus'):g}"),
+            ("max-procs", j.get("max_procs")),
+        )
+        if value
+    ]
+    if limits:
+        lines.append(f"limits:      {', '.join(limits)}")
     if j["state"] == "waiting":
         lines.append(f"runs at:     {when_zoned(j['run_at'])}")
     elif j["state"] == "failed":
@@ -237,6 +258,9 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
     if j["last_error"]:
         lines.append(f"last error:  {j['last_error']}")
     if j["history"]:
+        # CPU time and peak memory get columns of their own when the table may be wide
+        # (--wide); in 80 columns, a line for the last attempt that has them.
+        wide = width is None or width >= 100
         rows = [
             (
                 a["attempt"],
@@ -244,23 +268,24 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
                 "" if a["finished_at"] is None else stamp(a["finished_at"]),
                 "" if a["finished_at"] is None else f"{a['finished_at'] - a['started_at']:.3f}s",
                 "" if a["exit_code"] is None else a["exit_code"],
+                *((_cpu(a.get("cpu_seconds")), _peak(a.get("peak_bytes"))) if wide else ()),
                 a["outcome"] or "running",
                 a["worker"] or "",
                 a["error"] or "",
             )
             for a in j["history"]
         ]
-        headers = (
-            "attempt",
-            f"started {zone()}",
-            "ended",
-            "took",
-            "exit",
-            "outcome",
-            "worker",
-            "error",
-        )
-        lines += ["", table(headers, rows, width, elastic=(7,))]
+        headers: tuple[str, ...] = ("attempt", f"started {zone()}", "ended", "took", "exit")
+        headers += ("cpu", "peak") if wide else ()
+        headers += ("outcome", "worker", "error")
+        lines += ["", table(headers, rows, width, elastic=(len(headers) - 1,))]
+        used = [a for a in j["history"] if a.get("cpu_seconds") is not None]
+        if used and not wide:
+            last = used[-1]
+            lines.append(
+                f"attempt {last['attempt']} used: cpu {_cpu(last.get('cpu_seconds'))}, "
+                f"peak memory {_peak(last.get('peak_bytes')) or 'not known'}"
+            )
     return "\n".join(lines)
 
 
@@ -303,7 +328,15 @@ def event_line(event: dict[str, Any]) -> str | None:
     if kind == "cancelled":
         return f"[WARN] [{job}] cancelled ({event.get('reason') or event.get('error')})"
     if kind == "idle":
-        return "[INFO] queue drained: no job pending, running or waiting for a retry"
+        scheduled, next_at = event.get("scheduled") or 0, event.get("next_at")
+        if not scheduled:
+            return "[INFO] queue drained: no job pending, running or waiting for a retry"
+        jobs = "1 job waits" if scheduled == 1 else f"{scheduled} jobs wait"
+        if not isinstance(next_at, int | float):
+            return f"[INFO] nothing to run now: {jobs} for a later time"
+        soon = next_at - float(event.get("time") or time.time()) < 86400
+        at = time.strftime("%H:%M:%S" if soon else "%Y-%m-%d %H:%M:%S", time.localtime(next_at))
+        return f"[INFO] nothing to run now: {jobs} for a later time, the first at {at}"
     if kind == "stopped":
         return "[INFO] queuectld stopped"
     return None

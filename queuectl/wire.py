@@ -60,6 +60,10 @@ def unpack(body: bytes) -> dict[str, Any]:
     """Decode one frame body; anything but a msgpack map with string keys is refused."""
     try:
         obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except UnicodeDecodeError:
+        raise ProtocolError(
+            "the message holds a string that is not valid UTF-8; send text as UTF-8"
+        ) from None
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
@@ -67,6 +71,20 @@ def unpack(body: bytes) -> dict[str, Any]:
     if not all(isinstance(key, str) for key in obj):
         raise ProtocolError("a frame's map keys must be strings")
     return obj
+
+
+def request_id(body: bytes) -> int:
+    """The ``rid`` of a frame body that :func:`unpack` refused, or 0 if it has none.
+
+    Strings are left undecoded here, so a request holding invalid UTF-8 still names its
+    rid and its error reply reaches the caller waiting for it.
+    """
+    try:
+        obj = msgpack.unpackb(body, raw=True, strict_map_key=False)
+    except Exception:  # msgpack raises several unrelated types on garbage
+        return 0
+    rid = obj.get(b"rid") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, int) and not isinstance(rid, bool) else 0
 
 
 class FrameBuffer:

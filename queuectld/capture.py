@@ -191,6 +191,7 @@ def _header(
     exit_code: int | None,
     outcome: Outcome,
     error: str | None,
+    resources: str | None,
 ) -> bytes:
     return joblog.format_header(
         job_id=run.job_id,
@@ -201,6 +202,7 @@ def _header(
         exit_code=exit_code,
         outcome=outcome.value,
         error=error,
+        resources=resources,
     )
 
 
@@ -212,13 +214,14 @@ def write_log(
     outcome: Outcome,
     error: str | None,
     captures: tuple[Capture, Capture] | tuple[()],
+    resources: str | None = None,
 ) -> None:
     """Append the attempt's block: header, stdout and stderr (both ends if cut).
 
     ``captures`` are stdout and stderr; none for an attempt that never started.
     """
     pieces: list[bytes | tuple[int, int, int]] = [
-        _header(run, started, finished, exit_code, outcome, error)
+        _header(run, started, finished, exit_code, outcome, error, resources)
     ]
     for i, title in enumerate((None, b"--- STDERR ---\n")):
         if title is not None:

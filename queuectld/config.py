@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from queuectl.errors import InvalidRequest
-from queuectl.protocol import plain_number
+from queuectl.protocol import MAX_CPUS, MAX_PROCS_LIMIT, plain_number
+from queuectl.sizes import parse_size
+from queuectld.limits import Limits
 
 ENV_PREFIX = "QUEUECTLD_"
 
@@ -67,6 +69,15 @@ class DaemonConfig:
     admin_groups: list[str] = field(default_factory=list)
     max_connections: int = 512
     safety_poll: float = 5.0
+    # Where each attempt's cgroup goes: "" finds one (systemd's delegated cgroup, or a
+    # writable cgroup v2 hierarchy for root), a path names a delegated cgroup v2
+    # directory, "off" keeps process groups only (docs/jobs.md).
+    cgroup: str = ""
+    # Limits for jobs enqueued without their own (--memory, --cpus, --max-procs);
+    # "" / 0: none.
+    default_memory: str = ""
+    default_cpus: float = 0.0
+    default_max_procs: int = 0
 
     def resolved(self) -> DaemonConfig:
         """A copy with every derived path filled in and ``~`` expanded."""
@@ -79,6 +90,14 @@ class DaemonConfig:
             log_dir=_path(self.log_dir, home / "logs"),
             log_file=_path(self.log_file, None),
             node_id=self.node_id or socket.gethostname(),
+        )
+
+    def default_limits(self) -> Limits:
+        """The limits of jobs enqueued without their own (``default_memory``...)."""
+        return Limits(
+            memory=parse_size(self.default_memory) if self.default_memory else None,
+            cpus=self.default_cpus or None,
+            max_procs=self.default_max_procs or None,
         )
 
     def problems(self) -> list[tuple[str, str]]:
@@ -102,6 +121,20 @@ class DaemonConfig:
             out.append(("log_max_bytes", "log_max_bytes must be at least 1024"))
         if self.max_connections < 1:
             out.append(("max_connections", "max_connections must be at least 1"))
+        if self.cgroup not in ("", "off") and not os.path.isabs(self.cgroup):
+            msg = f"cgroup must be empty, 'off' or an absolute path, not {self.cgroup!r}"
+            out.append(("cgroup", msg))
+        if self.default_memory:
+            try:
+                parse_size(self.default_memory)
+            except InvalidRequest as exc:
+                out.append(("default_memory", f"default_{exc.message}"))
+        if not (self.default_cpus == 0 or 0.01 <= self.default_cpus <= MAX_CPUS):
+            msg = f"default_cpus must be 0 (no limit) or between 0.01 and {MAX_CPUS:g}"
+            out.append(("default_cpus", msg))
+        if not 0 <= self.default_max_procs <= MAX_PROCS_LIMIT:
+            msg = f"default_max_procs must be 0 (no limit) or at most {MAX_PROCS_LIMIT}"
+            out.append(("default_max_procs", msg))
         try:
             mode = int(self.socket_mode, 8)
         except ValueError:
@@ -183,6 +216,7 @@ RESTART_KEYS = frozenset(
         "socket_mode",
         "socket_group",
         "executors",
+        "cgroup",
     }
 )
 
@@ -208,6 +242,10 @@ _FIELD_TYPES: dict[str, Any] = {
     "admin_groups": list[str],
     "max_connections": int,
     "safety_poll": float,
+    "cgroup": str,
+    "default_memory": str,
+    "default_cpus": float,
+    "default_max_procs": int,
 }
 
 
@@ -420,11 +458,9 @@ def explain_config(path: str | None, env: Mapping[str, str], flags: Mapping[str,
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name == "QUEUECTLD_CONFIG":
             continue
-        key = name[len(ENV_PREFIX) :].lower()
-        if key in _FIELD_TYPES:
-            take(key, env[name], f"environment {name}", True)
-        else:
-            warnings.append(Problem(f"environment {name}", "not a queuectld setting; ignored"))
+        # A variable naming no key is refused like an unknown key in the file: a typo
+        # (QUEUECTLD_WORKER) must not leave the daemon silently on its defaults.
+        take(name[len(ENV_PREFIX) :].lower(), env[name], f"environment {name}", True)
     for key, value in flags.items():
         if value is not None:
             take(key, value, "--" + key.replace("_", "-"), True)

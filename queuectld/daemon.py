@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import os
 import signal
 import time
@@ -28,7 +29,7 @@ import structlog
 
 from queuectl.errors import QueuectlError, Unavailable
 from queuectl.protocol import JobState, Request
-from queuectld import handlers, procs, server
+from queuectld import cgroup, handlers, procs, server
 from queuectld.access import AccessPolicy
 from queuectld.committer import Committer
 from queuectld.config import (
@@ -141,6 +142,9 @@ class Daemon:
 
         await self._stop.wait()
         await self._drain()
+        if self.containment.base is not None:
+            with contextlib.suppress(OSError):
+                cgroup.remove(self.containment.base)  # empty after a clean drain
         return 0
 
     async def _start(self, inherited: Any) -> None:
@@ -156,6 +160,14 @@ class Daemon:
         executor_env[procs.QUEUE_TAG] = cfg.database
         ops = OsProcessOps(executor_env, cfg.database)
         max_executors = default_executors(cfg.executors)
+        found = cgroup.discover(cfg.cgroup, cfg.database)
+        self.containment = await asyncio.to_thread(cgroup.prepare, found)
+        if self.containment.base is not None:
+            # Whatever a killed daemon and its executors left running ends here, before
+            # its jobs can be handed out again (whatever their group or environment).
+            ended = await asyncio.to_thread(cgroup.sweep, self.containment.base)
+            if ended:
+                log.warning("orphaned_attempts_killed", attempts=ended)
 
         def make_supervisor(events: SupervisorEvents) -> Supervisor:
             return Supervisor(ops, events, max_executors, on_output=self.followers.deliver)
@@ -167,6 +179,8 @@ class Daemon:
             lambda: QueueSettings.from_values(self.settings),
             make_supervisor,
             slots_changed=self.status.changed,
+            cgroups=self.containment.base,
+            controllers=self.containment.controllers,
         )
         self.supervisor = self.dispatcher.supervisor
         recovered = await recover(
@@ -209,6 +223,7 @@ class Daemon:
             executors=min(max_executors, desired) if desired else 0,
             recovered=recovered,
             pid=os.getpid(),
+            containment=self.containment.describe(),
         )
         self.notifier.notify("READY=1", f"STATUS=ready, {desired} workers")
         self.status.last = f"ready, {desired} workers"
@@ -217,7 +232,8 @@ class Daemon:
         self.status.changed()
         interval = watchdog_interval()
         if interval is not None:
-            self._spawn(watchdog(self.notifier, interval), "sd-watchdog")
+            probe = functools.partial(self.committer.call, _nothing)
+            self._spawn(watchdog(self.notifier, interval, probe), "sd-watchdog")
 
     def _inherited_socket(self) -> Any:
         """The listening socket systemd passed (socket activation), or None."""
@@ -430,6 +446,10 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _nothing(store: object) -> None:
+    """A store call that does nothing: the watchdog's proof that the store thread answers."""
 
 
 def _runtime_workers(stored: dict[str, str]) -> int | None:

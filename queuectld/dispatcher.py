@@ -31,12 +31,13 @@ from dataclasses import dataclass
 import structlog
 
 from queuectl.errors import QueuectlError
-from queuectld import procs
+from queuectld import limits, procs
+from queuectld.cgroup import attempt_path
 from queuectld.committer import Committer
 from queuectld.config import DaemonConfig, QueueSettings
 from queuectld.events import EventBus
 from queuectld.execproto import JobFinished, RunJob
-from queuectld.jobs import Claim
+from queuectld.jobs import Claim, Job
 from queuectld.recorder import Recorder
 from queuectld.recovery import rescue_expired_leases
 from queuectld.store.base import Store
@@ -87,8 +88,12 @@ class Dispatcher:
         settings: Callable[[], QueueSettings],
         make_supervisor: Callable[[SupervisorEvents], Supervisor],
         slots_changed: Callable[[], None] = lambda: None,
+        cgroups: str | None = None,
+        controllers: frozenset[str] = frozenset(),
     ) -> None:
         self.committer = committer
+        self.cgroups = cgroups  # the queue's directory of attempt cgroups (None: none)
+        self.controllers = controllers if cgroups else frozenset()  # delegated to them
         self.events = events
         self.config = config
         self._settings = settings
@@ -415,6 +420,8 @@ class Dispatcher:
         cwd = job.cwd or (procs.identity_of(uid).env["HOME"] if uid else self.config.home)
         # joblog.log_path without building a Path per job (log_dir is normalized)
         log_path = os.path.join(self.config.log_dir, f"job_{job.id}.txt")
+        limited = self.limits_of(job)
+        how = limits.plan(limited, timeout, self.controllers) if limited else None
         run = RunJob(
             job_id=job.id,
             attempt=claim.attempt,
@@ -426,6 +433,13 @@ class Dispatcher:
             log_max_bytes=self.config.log_max_bytes,
             uid=uid,
             env={**job.env, "QUEUECTL_QUEUE": job.queue, "QUEUECTL_LOG": log_path},
+            cgroup=None
+            if self.cgroups is None
+            else attempt_path(self.cgroups, job.id, claim.attempt),
+            memory=limited.memory,
+            cgroup_files=how.cgroup_files if how and self.cgroups else None,
+            rlimits=how.rlimits if how else None,
+            limits_note=how.note if how else None,
         )
         hung_after = timeout + self.config.kill_grace + self.config.lease_margin
         if self.supervisor.assign(claim, run, hung_after, queued) is None:
@@ -470,6 +484,15 @@ class Dispatcher:
         self._feed()
         self._update_demand()
 
+    def limits_of(self, job: Job) -> limits.Limits:
+        """A job's limits: its own, else the configured defaults (a SIGHUP changes them)."""
+        default = self.config.default_limits()
+        return limits.Limits(
+            memory=job.memory if job.memory is not None else default.memory,
+            cpus=job.cpus if job.cpus is not None else default.cpus,
+            max_procs=job.max_procs if job.max_procs is not None else default.max_procs,
+        )
+
     def _on_finished(self, claim: Claim, result: JobFinished, executor: str) -> None:
         """An attempt ended: its slot gets the next job now, if one is ready; the outcome
         is recorded by the next cycle."""
@@ -490,6 +513,8 @@ class Dispatcher:
                 result.finished_at,
                 executor,
                 retry_killed=retry_killed,
+                cpu_seconds=result.cpu_seconds,
+                peak_bytes=result.peak_bytes,
             )
         )
         self._after_outcome()

@@ -55,6 +55,14 @@ class RunJob:
     # The job's own variables and queuectl's (QUEUECTL_QUEUE, QUEUECTL_LOG), over the
     # executor's environment.
     env: dict[str, str] | None = None
+    # The attempt's cgroup (queuectld.cgroup); None: its process group only.
+    cgroup: str | None = None
+    # The job's limits as queuectld.limits.plan applies them: files written in the
+    # attempt's cgroup, rlimits set in its shell, and the log header's words for both.
+    memory: int | None = None  # bytes (named in an OOM kill's reason)
+    cgroup_files: dict[str, str] | None = None
+    rlimits: list[tuple[int, int]] | None = None
+    limits_note: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "run", **vars(self)}
@@ -199,6 +207,8 @@ class JobFinished:
     error: str | None
     started_at: float
     finished_at: float
+    cpu_seconds: float | None = None  # user + system time of every process of the attempt
+    peak_bytes: int | None = None  # peak memory (see docs/jobs.md for what is counted)
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "finished", **vars(self), "outcome": self.outcome.value}

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from queuectl.protocol import Outcome
+from queuectl.sizes import format_size, human_size
 from queuectl.wire import FrameBuffer
-from queuectld import procs
+from queuectld import cgroup, limits, procs
 from queuectld.capture import READ_CHUNK, Capture, write_log
 from queuectld.execproto import (
     ExecutorReady,
@@ -73,11 +74,13 @@ class Attempt:
     """One running attempt of a job."""
 
     run: RunJob
-    handle: procs.JobHandle  # kept until the attempt ends (reaps the shell)
+    handle: procs.JobProcess  # kept until the attempt ends (reaps the shell)
+    cgroup: str | None  # the attempt's cgroup, when contained (see queuectld.cgroup)
     pidfd: int | None
     started_at: float
     out: Capture
     err: Capture
+    limits_note: str | None = None  # the limits applied and in which form (log header)
     timed_out: bool = False
     interrupted: bool = False
     killed: int = 0  # the signal of a user's `kill` (0: none)
@@ -97,7 +100,14 @@ class Attempt:
 
 
 def classify(
-    returncode: int, timed_out: bool, interrupted: bool, timeout: float, killed: int = 0
+    returncode: int,
+    timed_out: bool,
+    interrupted: bool,
+    timeout: float,
+    killed: int = 0,
+    oom_kills: int = 0,
+    memory_limit: str | None = None,
+    cpu_limit_s: int | None = None,
 ) -> tuple[Outcome, str | None]:
     """The outcome of an attempt and its one-line reason."""
     if killed:
@@ -106,6 +116,13 @@ def classify(
         return Outcome.INTERRUPTED, "stopped before it finished (drain, shutdown or kill)"
     if timed_out:
         return Outcome.TIMEOUT, f"timed out after {timeout:g}s"
+    if oom_kills and returncode != 0:
+        # The OOM killer's SIGKILL, not a bare signal 9 (nor the shell's exit code 137).
+        limit = f", limit {memory_limit}" if memory_limit else ""
+        return Outcome.OOM, f"killed: out of memory{limit}"
+    xcpu = signal.SIGXCPU.value
+    if cpu_limit_s is not None and returncode in (-xcpu, 128 + xcpu):
+        return Outcome.SIGNALED, f"killed: CPU time limit ({cpu_limit_s}s, SIGXCPU)"
     if returncode < 0:
         return Outcome.SIGNALED, f"killed by signal {-returncode} {_signal_name(-returncode)}"
     if returncode == 0:
@@ -119,6 +136,19 @@ def classify(
 
 def _signal_name(number: int) -> str:
     return signal.Signals(number).name if number in signal.valid_signals() else str(number)
+
+
+def describe_resources(used: cgroup.Usage, contained: bool, limits: str | None) -> str:
+    """The log header's ``Resources:`` line: what was used, how the job was contained."""
+    parts = []
+    if used.cpu_seconds is not None:
+        parts.append(f"cpu {used.cpu_seconds:.3f}s")
+    if used.peak_bytes is not None:
+        parts.append(f"peak memory {human_size(used.peak_bytes)}")
+    parts.append("contained by its cgroup" if contained else "contained by its process group")
+    if limits:
+        parts.append(f"limits: {limits}")
+    return ", ".join(parts)
 
 
 class Executor:
@@ -277,7 +307,7 @@ class Executor:
         self._revoke(None)
         for attempt in list(self.running.values()):
             attempt.interrupted = True
-            procs.signal_group(attempt.pid, signal.SIGKILL)
+            self._kill_tree(attempt)
 
     # -- starting jobs ----------------------------------------------------------------
 
@@ -296,12 +326,23 @@ class Executor:
             "QUEUECTL_ATTEMPT": str(run.attempt),
         }
         try:
-            proc = self._spawn(run, out_w, err_w, env)
+            group, note = self._make_cgroup(run)
+        except _StartError as exc:
+            os.close(out_r)
+            os.close(err_r)
+            os.close(out_w)
+            os.close(err_w)
+            self._report_unstarted(run, started, str(exc))
+            return
+        try:
+            proc = self._spawn(run, out_w, err_w, env, group)
         except _StartError as exc:
             os.close(out_r)
             os.close(err_r)
             self.followed.discard(run.job_id)
             self._report_unstarted(run, started, str(exc))
+            if group is not None:
+                self._remove_cgroup(group)
             return
         finally:
             os.close(out_w)
@@ -312,11 +353,15 @@ class Executor:
         attempt = Attempt(
             run=run,
             handle=proc,
+            cgroup=group,
             pidfd=procs.open_pidfd(proc.pid),
             started_at=started,
             out=Capture(out_r, run.log_max_bytes, tmp_dir),
             err=Capture(err_r, run.log_max_bytes, tmp_dir),
         )
+        if note is not None:
+            attempt.extra.append(note)
+        attempt.limits_note = run.limits_note
         self.running[run.job_id] = attempt
         self.outbox.append(JobStarted(run.job_id, run.attempt, proc.pid).to_wire())
         if run.job_id in self.followed:
@@ -331,17 +376,42 @@ class Executor:
             self._poll_exit(attempt)
         attempt.timers.append(self.at(run.timeout, lambda: self._on_timeout(attempt)))
 
-    def _spawn(self, run: RunJob, out_w: int, err_w: int, env: dict[str, str]) -> procs.JobHandle:
+    def _spawn(
+        self, run: RunJob, out_w: int, err_w: int, env: dict[str, str], group: str | None
+    ) -> procs.JobProcess:
         # Every time, even for the same path: the directory may have been replaced.
         try:
             os.chdir(run.cwd)
         except OSError as exc:
             raise _StartError(f"cannot enter working directory {run.cwd}: {exc.strerror}") from None
+        procs_file = os.path.join(group, "cgroup.procs") if group else None
+        rlimits = run.rlimits or []
         try:
             as_user = procs.identity_of(run.uid) if run.uid is not None else None
-            return procs.spawn_job(run.command, out_w, err_w, env, as_user)
+            return procs.spawn_job(run.command, out_w, err_w, env, as_user, procs_file, rlimits)
         except OSError as exc:
             raise _StartError(f"cannot start /bin/sh: {exc.strerror}") from None
+
+    def _make_cgroup(self, run: RunJob) -> tuple[str | None, str | None]:
+        """The attempt's cgroup, created (None: process group only), and why not."""
+        if run.cgroup is None:
+            return None, None
+        try:
+            cgroup.create(run.cgroup)
+        except OSError as exc:
+            return None, f"not contained: cannot create its cgroup ({exc.strerror})"
+        try:
+            cgroup.configure(run.cgroup, run.cgroup_files or {})
+        except OSError as exc:
+            cgroup.remove(run.cgroup)
+            raise _StartError(f"cannot set the job's limits: {exc.strerror}") from None
+        return run.cgroup, None
+
+    def _kill_tree(self, attempt: Attempt) -> None:
+        """SIGKILL everything of an attempt: its process group, and its whole cgroup."""
+        procs.signal_group(attempt.pid, signal.SIGKILL)
+        if attempt.cgroup is not None:
+            cgroup.kill(attempt.cgroup)
 
     def _report_unstarted(self, run: RunJob, started: float, error: str) -> None:
         finished = time.time()
@@ -416,9 +486,9 @@ class Executor:
         self._exited(attempt)
 
     def _exited(self, attempt: Attempt) -> None:
-        # The shell is gone; end whatever it left running in its group. What is left in
-        # its pipes arrives as read events (EOF included).
-        procs.signal_group(attempt.pid, signal.SIGKILL)
+        # The shell is gone; end whatever it left running, in its group and, contained,
+        # anywhere. What is left in its pipes arrives as read events (EOF included).
+        self._kill_tree(attempt)
         if attempt.done:
             self._finish(attempt)
         else:
@@ -461,9 +531,34 @@ class Executor:
 
         def kill() -> None:
             if attempt.returncode is None:
-                procs.signal_group(attempt.pid, signal.SIGKILL)
+                self._kill_tree(attempt)
 
         attempt.timers.append(self.at(attempt.run.kill_grace, kill))
+
+    def _usage(self, attempt: Attempt) -> cgroup.Usage:
+        """CPU time and peak memory: the cgroup's counts where present, else wait4's.
+
+        wait4's peak is the largest single process of the job (its shell and the
+        children it waited for); its CPU time leaves out processes nobody waited for.
+        """
+        counted = cgroup.usage(attempt.cgroup) if attempt.cgroup else cgroup.Usage(None, None, 0)
+        ru = attempt.handle.rusage
+        if ru is None:
+            return counted
+        cpu = counted.cpu_seconds
+        if cpu is None:
+            cpu = ru.ru_utime + ru.ru_stime
+        peak = counted.peak_bytes if counted.peak_bytes is not None else ru.ru_maxrss * 1024
+        return cgroup.Usage(round(cpu, 6), peak, counted.oom_kills)
+
+    def _remove_cgroup(self, path: str, tries: int = 100) -> None:
+        """Remove an attempt's cgroup once the killed have left it (checked every 20 ms)."""
+        try:
+            if cgroup.remove(path) or tries <= 0:
+                return
+        except OSError:
+            return  # left for the next start's sweep
+        self.at(0.02, lambda: self._remove_cgroup(path, tries - 1))
 
     def _finish(self, attempt: Attempt) -> None:
         run = attempt.run
@@ -471,13 +566,27 @@ class Executor:
         self.cancel(attempt.timers)
         assert attempt.returncode is not None
         finished = time.time()
+        used = self._usage(attempt)
+        if attempt.cgroup is not None:
+            cgroup.kill(attempt.cgroup)  # anything left (a job that exited by itself)
+            self._remove_cgroup(attempt.cgroup)
         outcome, error = classify(
-            attempt.returncode, attempt.timed_out, attempt.interrupted, run.timeout, attempt.killed
+            attempt.returncode,
+            attempt.timed_out,
+            attempt.interrupted,
+            run.timeout,
+            attempt.killed,
+            used.oom_kills,
+            format_size(run.memory) if run.memory else None,
+            limits.cpu_seconds_limit(run.rlimits),
         )
         exit_code = attempt.returncode if attempt.returncode >= 0 else None
         try:
             captures = (attempt.out, attempt.err)
-            write_log(run, attempt.started_at, finished, exit_code, outcome, error, captures)
+            resources = describe_resources(used, attempt.cgroup is not None, attempt.limits_note)
+            write_log(
+                run, attempt.started_at, finished, exit_code, outcome, error, captures, resources
+            )
         except OSError as exc:
             attempt.extra.append(f"job log not written: {exc.strerror}")
         finally:
@@ -487,14 +596,22 @@ class Executor:
             error = "; ".join(attempt.extra)
         self.outbox.append(
             JobFinished(
-                run.job_id, run.attempt, outcome, exit_code, error, attempt.started_at, finished
+                run.job_id,
+                run.attempt,
+                outcome,
+                exit_code,
+                error,
+                attempt.started_at,
+                finished,
+                used.cpu_seconds,
+                used.peak_bytes,
             ).to_wire()
         )
 
     def _kill_all(self) -> None:
         """The daemon is gone: it will run these jobs again, so none may go on running."""
         for attempt in self.running.values():
-            procs.signal_group(attempt.pid, signal.SIGKILL)
+            self._kill_tree(attempt)
 
 
 class _StartError(Exception):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from queuectl.errors import Conflict, NotFound, ShuttingDown
+from queuectl.errors import Conflict, InvalidRequest, NotFound, ShuttingDown
 from queuectl.protocol import (
     ConfigKeyArgs,
     ConfigSetArgs,
@@ -45,9 +45,10 @@ from queuectl.protocol import (
     WorkersView,
     signal_number,
 )
-from queuectld import __version__, joblog, server
+from queuectld import __version__, joblog, limits, server
+from queuectld.cgroup import Containment
 from queuectld.config import QUEUE_SETTINGS, QueueSettings, setting_for
-from queuectld.jobs import ACTIVE, FINAL, Job, NewJob
+from queuectld.jobs import FINAL, Job, NewJob
 from queuectld.queues import QueueLimits
 from queuectld.store.base import JobFilter, Store
 
@@ -72,6 +73,7 @@ class HandlerContext(Protocol):
     access: AccessPolicy
     followers: OutputRelay  # who follows which job's output (`logs -f`)
     settings: dict[str, float | int]  # the queue settings (`config set` changes them)
+    containment: Containment  # jobs' cgroups and the controllers delegated to them
     draining: bool
     started_monotonic: float
 
@@ -90,9 +92,9 @@ log = structlog.get_logger("queuectld.handlers")
 WORKERS_SETTING = "workers"
 
 
-def _new_job(args: EnqueueArgs, now: float) -> NewJob:
+def _new_job(d: HandlerContext, args: EnqueueArgs, now: float) -> NewJob:
     run_at = now + args.delay if args.delay else args.run_at
-    return NewJob(
+    new = NewJob(
         command=args.command,
         id=args.id,
         max_retries=args.max_retries,
@@ -108,7 +110,19 @@ def _new_job(args: EnqueueArgs, now: float) -> NewJob:
         backoff_base=args.backoff_base,
         backoff_max=args.backoff_max,
         jitter=args.jitter,
+        memory=args.memory_bytes(),
+        cpus=args.cpus,
+        max_procs=args.max_procs,
     )
+    # A limit the machine cannot enforce is refused, never silently ignored.
+    asked = limits.Limits(new.memory, new.cpus, new.max_procs)
+    if asked:
+        # A root daemon runs each job as its submitter; any other runs them as itself.
+        as_root = os.geteuid() == 0 and not new.owner_uid
+        problem = limits.refusal(asked, as_root, d.containment.controllers)
+        if problem is not None:
+            raise InvalidRequest(problem)
+    return new
 
 
 def _view(d: HandlerContext, job: Job) -> JobView:
@@ -121,7 +135,7 @@ async def ping(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
 
 async def enqueue(d: HandlerContext, args: EnqueueArgs) -> JobView:
     now = time.time()
-    new = _new_job(args, now)
+    new = _new_job(d, args, now)
     inserted = await d.committer.call(lambda s: s.insert_unique([new], now))
     job, existing = inserted.jobs[0], inserted.existing[0]
     if existing:
@@ -133,7 +147,7 @@ async def enqueue(d: HandlerContext, args: EnqueueArgs) -> JobView:
 
 async def enqueue_batch(d: HandlerContext, args: EnqueueBatchArgs) -> dict[str, Any]:
     now = time.time()
-    news = [_new_job(a, now) for a in args.parsed()]
+    news = [_new_job(d, a, now) for a in args.parsed()]
     inserted = await d.committer.call(lambda s: s.insert_unique(news, now))
     fresh = [j for j, old in zip(inserted.jobs, inserted.existing, strict=True) if not old]
     _enqueued(d, fresh)
@@ -414,16 +428,31 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
     queue = d.events.subscribe()
     owner = d.access.scope(server.caller())
 
-    async def idle() -> bool:
-        counts = await d.committer.call(lambda s: s.count_by_state(owner))
-        return sum(counts[s] for s in ACTIVE) == 0
+    def look(store: Store) -> dict[str, Any] | None:
+        """The idle event, or None while a job runs, is due, or waits for a retry.
+
+        Jobs waiting for a later time (``--delay``, ``--at``) do not hold the watch:
+        the event says how many wait and, for a watcher who sees every job, when the
+        first is due. A retry is part of the run in progress (its outcome, a DLQ move
+        say, is what a follower waits to see).
+        """
+        counts = store.count_by_state(owner)
+        if counts[JobState.PROCESSING] or counts[JobState.PENDING] or counts[JobState.FAILED]:
+            return None
+        scheduled = counts[JobState.WAITING]
+        # next_timed_at covers every owner's jobs: only a watcher who sees them all gets it.
+        next_at = store.next_timed_at() if scheduled and owner is None else None
+        return {"type": "idle", "time": time.time(), "scheduled": scheduled, "next_at": next_at}
+
+    async def idle() -> dict[str, Any] | None:
+        return await d.committer.call(look)
 
     def visible(event: dict[str, Any]) -> bool:
         return owner is None or event.get("owner_uid") == owner
 
     try:
-        if args.until_idle and await idle():
-            yield {"type": "idle", "time": time.time()}
+        if args.until_idle and (done := await idle()) is not None:
+            yield done
             return
         while True:
             finished = False
@@ -436,13 +465,13 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
                 if visible(event):
                     yield event
                 finished = finished or event["type"] in FINISHED_EVENTS
-            if args.until_idle and finished and await idle():
+            if args.until_idle and finished and (done := await idle()) is not None:
                 # Outcomes committed before the count was taken are announced by now:
                 # they come before `idle`, not lost after it.
                 for event in _drain_queue(queue):
                     if event is not None and visible(event):
                         yield event
-                yield {"type": "idle", "time": time.time()}
+                yield done
                 return
     finally:
         d.events.unsubscribe(queue)

@@ -35,10 +35,12 @@ def format_header(
     exit_code: int | None,
     outcome: str,
     error: str | None,
+    resources: str | None = None,
 ) -> bytes:
     """The head of one attempt's block, up to the stdout section's title.
 
     The block goes on with stdout, ``--- STDERR ---``, stderr and an empty line.
+    ``resources`` (CPU time, peak memory, containment, limits) is a line of its own.
     """
     head = [
         f"=== job {job_id} attempt {attempt} ===",
@@ -48,6 +50,7 @@ def format_header(
         f"Duration: {finished_at - started_at:.3f}s",
         f"Exit Code: {'' if exit_code is None else exit_code}",
         f"Outcome: {outcome}" + (f" ({error})" if error else ""),
+        *([f"Resources: {resources}"] if resources else []),
         "--- STDOUT ---",
     ]
     return "\n".join(head).encode() + b"\n"

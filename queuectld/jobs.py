@@ -67,6 +67,9 @@ class NewJob:
     backoff_base: float | None = None
     backoff_max: float | None = None
     jitter: float | None = None
+    memory: int | None = None  # limits (None: the daemon's defaults, if any)
+    cpus: float | None = None
+    max_procs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class Attempt:
     error: str | None = None
     worker: str | None = None
     job_error: str | None = None  # the job's last_error (the DLQ reason when it dies)
+    cpu_seconds: float | None = None
+    peak_bytes: int | None = None
 
     def view(self) -> AttemptView:
         return AttemptView(
@@ -91,6 +96,8 @@ class Attempt:
             outcome=self.outcome,
             error=self.error,
             worker=self.worker,
+            cpu_seconds=self.cpu_seconds,
+            peak_bytes=self.peak_bytes,
         )
 
 
@@ -123,6 +130,9 @@ class Job:
     backoff_base: float | None = None
     backoff_max: float | None = None
     jitter: float | None = None
+    memory: int | None = None
+    cpus: float | None = None
+    max_procs: int | None = None
     history: tuple[Attempt, ...] = field(default=())
 
     def policy(self, settings: QueueSettings) -> RetryPolicy:
@@ -161,6 +171,9 @@ class Job:
             backoff_base=policy.backoff_base,
             backoff_max=policy.backoff_max,
             jitter=policy.jitter,
+            memory=self.memory,
+            cpus=self.cpus,
+            max_procs=self.max_procs,
             history=[a.view() for a in self.history],
         )
 
@@ -192,3 +205,5 @@ class AttemptResult:
     run_at: float
     worker: str | None = None
     job_error: str | None = None  # the job's last_error (the DLQ reason when it dies)
+    cpu_seconds: float | None = None
+    peak_bytes: int | None = None

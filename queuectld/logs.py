@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Any, TextIO
 
 import structlog
@@ -125,6 +126,45 @@ def _as_kwargs(logger: Any, method: str, event: Any) -> Any:
 
 _sink: _Sink | None = None
 
+# Events for records of the standard library's loggers (asyncio reports a task whose
+# exception nobody retrieved, or a callback that raised, through logging; warnings go to
+# "py.warnings" once captured).
+_STDLIB_EVENTS = {"asyncio": "asyncio_error", "py.warnings": "python_warning"}
+
+
+class _StdlibBridge(logging.Handler):
+    """Turns standard-library log records into events of our own log (JSON like the rest)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record with bad arguments must not be lost either
+            message = str(record.msg)
+        structlog.get_logger(record.name).log(
+            record.levelno,
+            _STDLIB_EVENTS.get(record.name, "python_log"),
+            logger=record.name,
+            message=message.strip(),
+            exc_info=record.exc_info or False,
+        )
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    """An exception nothing caught ended a thread (the store thread, say): log it."""
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    structlog.get_logger("queuectld").error("thread_failed", thread=name, exc_info=exc_info)
+
+
+def _capture_stdlib() -> None:
+    """Route asyncio's messages, warnings and uncaught thread errors to our log (once)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StdlibBridge) for h in root.handlers):
+        root.addHandler(_StdlibBridge())
+        root.setLevel(logging.WARNING)  # asyncio's debug chatter stays out
+        logging.captureWarnings(True)
+        threading.excepthook = _thread_failed
+
 
 def configure_logging(level: str = "info", fmt: str = "json", log_file: str | None = None) -> None:
     """Set up structlog for the daemon; call again (SIGHUP) to change level, format or file."""
@@ -148,6 +188,7 @@ def configure_logging(level: str = "info", fmt: str = "json", log_file: str | No
         logger_factory=lambda *args: _Logger(sink),
         cache_logger_on_first_use=False,
     )
+    _capture_stdlib()
 
 
 def reopen_log_file() -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from queuectl.errors import InvalidRequest
-from queuectld import __version__
+from queuectld import __version__, cgroup
 from queuectld.config import ConfigError, DaemonConfig, explain_config, load_config, render_toml
 
 # Exit status for an unusable configuration (and argparse's for bad flags): the unit's
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     if args.print_config:
         sys.stdout.write(render_toml(explained))
+        found = cgroup.discover(config.cgroup, config.database)
+        sys.stdout.write(f"# containment: {found.describe()}\n")
         sys.exit(0)
     try:
         Path(config.home).mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
+import shlex
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
+
+from queuectld import limits
 
 if TYPE_CHECKING:
     # Imported where used: an executor process never needs asyncio (about 7 MB each), nor
@@ -44,33 +49,33 @@ def identity_of(uid: int) -> Identity:
     return Identity(uid, pw.pw_gid, groups, env)
 
 
-class JobHandle(Protocol):
-    """A started job shell (``subprocess.Popen`` fits): its pid is its process group id."""
-
-    @property
-    def pid(self) -> int: ...
-
-    def poll(self) -> int | None: ...
-
-    def wait(self) -> int: ...
-
-
 class JobProcess:
-    """A shell started by :func:`os.posix_spawn`; exit status as ``Popen.returncode`` gives it."""
+    """A started job shell; exit status as ``Popen.returncode`` gives it, and its rusage.
 
-    def __init__(self, pid: int) -> None:
+    Reaped with ``wait4``, so the attempt's CPU time and peak memory are known where no
+    cgroup counts them. A shell started by ``Popen`` (a job run as another user) is kept
+    here and reaped the same way; its ``returncode`` is set at once, so that its own
+    clean-up never tries to reap it (and lose the status).
+    """
+
+    def __init__(self, pid: int, popen: Any = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.rusage: Any = None  # resource.struct_rusage once reaped
+        self._popen = popen
 
     def _reap(self, flags: int) -> int | None:
         if self.returncode is None:
             try:
-                pid, status = os.waitpid(self.pid, flags)
+                pid, status, rusage = os.wait4(self.pid, flags)
             except ChildProcessError:
                 self.returncode = 0  # reaped elsewhere; Popen reports 0 the same way
                 return self.returncode
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
+                self.rusage = rusage
+                if self._popen is not None:
+                    self._popen.returncode = self.returncode
         return self.returncode
 
     def poll(self) -> int | None:
@@ -87,17 +92,39 @@ _devnull: int | None = None
 _RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
+def shell_argv(command: str, cgroup_procs: str | None, ulimits: str = "") -> list[str]:
+    """The argv of a job's shell: ``sh -c COMMAND``, after joining a cgroup and limits.
+
+    A contained (or limited) job's shell first writes its own pid into the attempt's
+    ``cgroup.procs`` and sets its rlimits, then runs the command: nothing of the job
+    runs before the move, so no fork can escape it. The steps go in front of the
+    command on its first line, so the shell parses that line whole before it runs
+    anything (a syntax error runs nothing, as before) and line numbers in the job's
+    error messages stay its own; no second shell is started.
+    """
+    steps = [f"echo $$ > {shlex.quote(cgroup_procs)}"] if cgroup_procs is not None else []
+    steps += [ulimits] if ulimits else []
+    if not steps:
+        return [SHELL, "-c", command]
+    return [SHELL, "-c", " && ".join(steps) + " || exit 125; " + command]
+
+
 def spawn_job(
     command: str,
     stdout: int,
     stderr: int,
     env: dict[str, str],
     as_user: Identity | None = None,
-) -> JobHandle:
+    cgroup_procs: str | None = None,
+    rlimits: Sequence[tuple[int, int]] = (),
+) -> JobProcess:
     """Start ``sh -c command`` with stdin from /dev/null, leading a new process group.
 
     With ``as_user`` (only possible for a root worker) the shell runs with that user's
-    uid, gid and supplementary groups, and its HOME/USER/LOGNAME.
+    uid, gid and supplementary groups, and its HOME/USER/LOGNAME. With ``cgroup_procs``
+    the shell is in that cgroup before the command runs, and ``rlimits`` are set (see
+    :func:`shell_argv`; a job run as another user is moved and limited while still
+    root, in the child before ``exec``).
 
     The common case uses ``posix_spawn`` (a vfork-like clone, no Python in the child):
     what ``Popen(start_new_session=True, restore_signals=True)`` does, several times
@@ -110,7 +137,7 @@ def spawn_job(
             _devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         pid = os.posix_spawn(
             SHELL,
-            [SHELL, "-c", command],
+            shell_argv(command, cgroup_procs, limits.ulimit_script(list(rlimits))),
             env,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, _devnull, 0),
@@ -123,7 +150,31 @@ def spawn_job(
         return JobProcess(pid)
     import subprocess
 
-    return subprocess.Popen(
+    identity = as_user
+    drop: dict[str, Any] = {
+        "user": identity.uid,
+        "group": identity.gid,
+        "extra_groups": identity.groups,
+    }
+
+    def join_then_drop() -> None:
+        if cgroup_procs is not None:
+            fd = os.open(cgroup_procs, os.O_WRONLY)
+            os.write(fd, b"0")  # "0": the writing process itself
+            os.close(fd)
+        for which, value in rlimits:
+            resource.setrlimit(which, limits.soft_and_hard(which, value))
+        os.setgroups(identity.groups)
+        os.setgid(identity.gid)
+        os.setuid(identity.uid)
+
+    if cgroup_procs is not None or rlimits:
+        # The user could not write cgroup.procs (nor raise a limit back): the child
+        # moves and limits itself while still root, then drops to the user (Popen's own
+        # user= would drop before a preexec_fn runs). The executor is single-threaded,
+        # so a preexec_fn is safe here.
+        drop = {"preexec_fn": join_then_drop}
+    popen = subprocess.Popen(
         [SHELL, "-c", command],
         stdin=subprocess.DEVNULL,
         stdout=stdout,
@@ -131,10 +182,9 @@ def spawn_job(
         env={**env, **as_user.env},
         start_new_session=True,
         close_fds=True,
-        user=as_user.uid,
-        group=as_user.gid,
-        extra_groups=as_user.groups,
+        **drop,
     )
+    return JobProcess(popen.pid, popen)
 
 
 QUEUE_TAG = "QUEUECTL_STORE"

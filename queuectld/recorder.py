@@ -71,6 +71,8 @@ class Recorder:
         worker: str | None,
         started: bool = True,
         retry_killed: bool = False,
+        cpu_seconds: float | None = None,
+        peak_bytes: int | None = None,
     ) -> PendingOutcome:
         """The record of one attempt's end; ``started_at`` None keeps the claim's time."""
         job = claim.job
@@ -104,6 +106,8 @@ class Recorder:
             interruptions=step.interruptions,
             run_at=step.run_at,
             worker=worker,
+            cpu_seconds=cpu_seconds,
+            peak_bytes=peak_bytes,
         )
         return PendingOutcome(result, max_retries, error, job.owner_uid)
 
@@ -173,6 +177,8 @@ class Recorder:
             "exit_code": result.exit_code,
             "error": o.error,
             "worker": result.worker,
+            "cpu_seconds": result.cpu_seconds,
+            "peak_bytes": result.peak_bytes,
         }
         state = result.next_state
         level = log.info if state is JobState.COMPLETED else log.warning

@@ -43,6 +43,7 @@ from queuectl.protocol import (
     frame_length,
     pack,
     parse_args,
+    request_id,
     unpack,
 )
 from queuectld import __version__
@@ -278,6 +279,13 @@ class ControlServer:
                     task.add_done_callback(self._streams.discard)
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass  # the client went away or stalled
+        except _FrameRefused as exc:
+            # The frame was read whole, so the stream is still in step: say why before
+            # hanging up (the client would otherwise see only a closed connection).
+            log.info("connection_dropped", reason=str(exc))
+            error = ErrorBody(exc.error.code, exc.error.message)
+            with contextlib.suppress(ConnectionError, ProtocolError):
+                await _send(writer, Reply(exc.rid, error=error).to_wire())
         except ProtocolError as exc:
             log.info("connection_dropped", reason=str(exc))
         except Exception:
@@ -332,11 +340,23 @@ class ControlServer:
             return Reply(rid, error=ErrorBody(err.code, err.message))
 
 
+class _FrameRefused(Exception):
+    """A whole frame arrived but could not be decoded: answered, then the connection ends."""
+
+    def __init__(self, rid: int, error: ProtocolError) -> None:
+        super().__init__(error.message)
+        self.rid = rid
+        self.error = error
+
+
 async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
     header = await reader.readexactly(HEADER.size)
     length = frame_length(header)
     body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT_S)
-    return unpack(body)
+    try:
+        return unpack(body)
+    except ProtocolError as exc:
+        raise _FrameRefused(request_id(body), exc) from None
 
 
 async def _refuse(

@@ -30,7 +30,7 @@ import structlog
 
 from queuectl.errors import ProtocolError
 from queuectl.wire import FrameBuffer
-from queuectld import procs
+from queuectld import cgroup, procs
 from queuectld.execproto import (
     Cancel,
     Follow,
@@ -95,6 +95,8 @@ class ProcessOps(Protocol):
 
     def kill_group(self, pgid: int) -> None: ...
 
+    def kill_cgroup(self, path: str) -> None: ...
+
     def find_job_groups(self, job_ids: set[str]) -> set[int]: ...
 
 
@@ -114,6 +116,11 @@ class OsProcessOps:
     def kill_group(self, pgid: int) -> None:
         procs.signal_group(pgid, signal.SIGKILL)
 
+    def kill_cgroup(self, path: str) -> None:
+        cgroup.kill(path)
+        # Removed once its processes have left (its executor, which would have, is dead).
+        _remove_later(path, tries=25)
+
     def find_job_groups(self, job_ids: set[str]) -> set[int]:
         return procs.find_job_groups(self.queue_tag, job_ids)
 
@@ -125,6 +132,7 @@ class Held:
     claim: Claim
     hung_after: float  # seconds a started attempt may take before its executor is hung
     queued: bool  # sent to wait for a slot (claimed ahead), not to a free slot
+    cgroup: str | None = None  # the attempt's cgroup, if contained
     pgid: int | None = None
     deadline: float = float("inf")  # monotonic; past it the executor is presumed hung
 
@@ -304,7 +312,7 @@ class Supervisor:
                 target = None
         if target is None:
             return None
-        held = Held(claim, hung_after, queued)
+        held = Held(claim, hung_after, queued, run.cgroup)
         if not queued:
             held.deadline = time.monotonic() + hung_after
         target.held[claim.job.id] = held
@@ -497,8 +505,12 @@ class Supervisor:
         self.executors.pop(executor.name, None)
         held, executor.held = list(executor.held.values()), {}
         if held:
-            # End every job's group before the jobs are handed out again, so none runs
-            # twice at once. Jobs whose start was not reported yet are found by their tag.
+            # End every job before the jobs are handed out again, so none runs twice at
+            # once: its cgroup (all of it, whatever left the group), and its group. Jobs
+            # whose start was not reported yet are found by their tag.
+            for h in held:
+                if h.cgroup is not None:
+                    self._ops.kill_cgroup(h.cgroup)
             groups = {h.pgid for h in held if h.pgid is not None}
             unknown = {h.claim.job.id for h in held if h.pgid is None}
             if unknown:
@@ -539,6 +551,16 @@ class Supervisor:
     def _respawn_due(self) -> None:
         self._respawn_timer = None
         asyncio.get_running_loop().create_task(self._reconcile())
+
+
+def _remove_later(path: str, tries: int) -> None:
+    """Remove a killed cgroup, looking again every 0.2 s; left to the next sweep after."""
+    try:
+        if cgroup.remove(path) or tries <= 0:
+            return
+    except OSError:
+        return
+    asyncio.get_running_loop().call_later(0.2, _remove_later, path, tries - 1)
 
 
 def _waiting(executor: Executor) -> list[str]:

@@ -83,10 +83,24 @@ def watchdog_interval(env: MutableMapping[str, str] | None = None) -> float | No
     return int(usec) / 2 / 1_000_000
 
 
-async def watchdog(notifier: Notifier, interval: float) -> None:
-    """Ping from the event loop itself, so that a loop that hangs stops the pings."""
+async def watchdog(
+    notifier: Notifier, interval: float, probe: Callable[[], Awaitable[object]]
+) -> None:
+    """Ping only while both the event loop and what ``probe`` reaches answer.
+
+    The pings come from the event loop itself, so a loop that hangs stops them. Each
+    ping also needs the previous ``probe`` (the daemon passes a no-op run on the store
+    thread) to have returned: a store thread wedged in a call stops the pings too, and
+    systemd restarts the service. A probe that fails (a full disk) still returned: the
+    thread is alive, and the error is the requests' to report.
+    """
+    pending: asyncio.Future[object] | None = None
     while True:
-        notifier.notify("WATCHDOG=1")
+        if pending is None or pending.done():
+            if pending is not None and not pending.cancelled():
+                pending.exception()  # retrieved: a failed probe is not a hang
+            notifier.notify("WATCHDOG=1")
+            pending = asyncio.ensure_future(probe())
         await asyncio.sleep(interval)
 
 

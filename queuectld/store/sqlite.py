@@ -17,7 +17,7 @@ from queuectld.jobs import Attempt, AttemptResult, Claim, Job, NewJob, can_trans
 from queuectld.queues import QueueLimits
 from queuectld.store.base import JobFilter, Store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -41,7 +41,7 @@ _SQL = resources.files("queuectld.store") / "sql"
 Q = load_queries((_SQL / "queries.sql").read_text())
 SCHEMA = (_SQL / "schema.sql").read_text()
 # Scripts that bring a database of version N-1 to N (before SCHEMA adds what is new).
-MIGRATIONS = {2: (_SQL / "migrate_2.sql").read_text()}
+MIGRATIONS = {v: (_SQL / f"migrate_{v}.sql").read_text() for v in (2, 3)}
 
 
 def _wrap(exc: sqlite3.Error) -> QueuectlError:
@@ -81,6 +81,9 @@ def _job(row: sqlite3.Row, history: tuple[Attempt, ...] = ()) -> Job:
         backoff_base=row["backoff_base"],
         backoff_max=row["backoff_max"],
         jitter=row["jitter"],
+        memory=row["memory_max"],
+        cpus=row["cpus"],
+        max_procs=row["max_procs"],
         history=history,
     )
 
@@ -288,6 +291,9 @@ class SQLiteStore(Store):
                 backoff_base=new.backoff_base,
                 backoff_max=new.backoff_max,
                 jitter=new.jitter,
+                memory=new.memory,
+                cpus=new.cpus,
+                max_procs=new.max_procs,
             )
             if job.unique_key is not None:
                 holders[job.unique_key] = job  # a later line with the key gets this job
@@ -309,6 +315,9 @@ class SQLiteStore(Store):
                     "backoff_base": job.backoff_base,
                     "backoff_max": job.backoff_max,
                     "jitter": job.jitter,
+                    "memory_max": job.memory,
+                    "cpus": job.cpus,
+                    "max_procs": job.max_procs,
                     "now": now,
                     "run_at": job.run_at,
                 }
@@ -361,6 +370,8 @@ class SQLiteStore(Store):
                     outcome=a["outcome"],
                     error=a["error"],
                     worker=a["worker"],
+                    cpu_seconds=a["cpu_seconds"],
+                    peak_bytes=a["peak_bytes"],
                 )
                 for a in self._run("get_attempts", {"seq": row["seq"]})
             )
@@ -516,6 +527,8 @@ class SQLiteStore(Store):
                     "outcome": result.outcome,
                     "error": result.error,
                     "worker": result.worker,
+                    "cpu_seconds": result.cpu_seconds,
+                    "peak_bytes": result.peak_bytes,
                 }
             )
         self._run_many("finish_job", jobs)
@@ -602,6 +615,8 @@ class SQLiteStore(Store):
             stats[f"attempts_{outcome}"] = row["n"]
             stats[f"mean_seconds_{outcome}"] = row["mean_s"] or 0.0
             stats[f"max_seconds_{outcome}"] = row["max_s"] or 0.0
+            stats[f"cpu_seconds_{outcome}"] = row["cpu_s"] or 0.0
+            stats[f"max_peak_bytes_{outcome}"] = row["peak"] or 0
         return stats
 
 

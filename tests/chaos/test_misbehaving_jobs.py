@@ -173,11 +173,19 @@ def test_nul_and_invalid_utf8_are_refused_at_enqueue(daemon: DaemonProcess) -> N
         assert reply is not None and reply["ok"] is False
         assert reply["error"]["code"] == "invalid_request"
         assert "must be a string" in reply["error"]["message"]
-    # msgpack str holding invalid UTF-8 is not msgpack: the frame is refused and the
-    # connection closed (an error frame first, or a hang-up), nothing stored.
+    # msgpack str holding invalid UTF-8 cannot be decoded: an error frame answering the
+    # request's rid says why, then the connection is closed; nothing stored.
     bad = _request("echo XX").replace(b"echo XX", b"echo \xff\xfe")
-    reply = _raw_enqueue(daemon, bad)
-    assert reply is None or reply["ok"] is False
+    with RawConn(daemon.socket) as conn:
+        conn.frame(HELLO)
+        assert conn.recv_frame() is not None
+        conn.frame(bad)
+        reply = conn.recv_frame()
+        assert reply is not None, "the connection closed without an error frame"
+        assert reply["rid"] == 1 and reply["ok"] is False
+        assert reply["error"]["code"] == "protocol"
+        assert "not valid UTF-8" in reply["error"]["message"]
+        assert conn.closed_by_peer()
     # Through the command line: exit status 1 and one sentence, no traceback.
     for args in (
         ("enqueue", "--", "echo \udcff"),  # an argv byte that is not UTF-8

@@ -32,20 +32,24 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: CI runs a
 
 USERS = ("qctest_alice", "qctest_bob")
 GROUP = "qctest_users"
+ADMIN = "qctest_carol"  # a plain user made an administrator through admin_groups
+ADMIN_GROUP = "qctest_admins"
 
 
 def _ensure_users() -> dict[str, pwd.struct_passwd]:
-    try:
-        grp.getgrnam(GROUP)
-    except KeyError:
-        subprocess.run(["groupadd", "--system", GROUP], check=True)
+    for group in (GROUP, ADMIN_GROUP):
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            subprocess.run(["groupadd", "--system", group], check=True)
     out = {}
-    for name in USERS:
+    for name in (*USERS, ADMIN):
+        groups = GROUP if name in USERS else f"{GROUP},{ADMIN_GROUP}"
         try:
             pwd.getpwnam(name)
         except KeyError:
             subprocess.run(
-                ["useradd", "--system", "--no-create-home", "-G", GROUP, name], check=True
+                ["useradd", "--system", "--no-create-home", "-G", groups, name], check=True
             )
         out[name] = pwd.getpwnam(name)
     return out
@@ -137,6 +141,7 @@ def shared_queue() -> Iterator[dict[str, Any]]:
         "QUEUECTLD_SOCKET_MODE": "0660",
         "QUEUECTLD_SOCKET_GROUP": GROUP,
         "QUEUECTLD_ALLOWED_UIDS": uids,
+        "QUEUECTLD_ADMIN_GROUPS": ADMIN_GROUP,
         "QUEUECTL_NO_AUTOSTART": "1",
     }
     proc = _start(env, ["--home", str(base / "state"), "--socket", sock, "--workers", "2"])
@@ -238,6 +243,74 @@ def test_users_see_and_control_only_their_own_jobs(shared_queue: dict[str, Any])
     enqueued = {e["job_id"]: e["uid"] for e in events if e.get("event") == "job_enqueued"}
     assert enqueued == {"alice-1": alice.pw_uid, "bob-1": bob.pw_uid}
     assert any(e.get("event") == "workers_set" and e.get("uid") == 0 for e in events)
+
+
+def test_admin_groups_members_see_and_control_every_job(shared_queue: dict[str, Any]) -> None:
+    sock = shared_queue["sock"]
+    alice, bob, carol = (shared_queue["users"][n] for n in (*USERS, ADMIN))
+    with Client.connect(sock, autostart=False) as root:
+        root.stop_workers()  # keep the jobs pending while we look
+
+    def enqueue() -> Any:
+        with Client.connect(sock, autostart=False) as c:
+            return c.enqueue("true", id="alice-2")["id"]
+
+    assert as_user(alice.pw_uid, enqueue) == {"ok": "alice-2"}
+
+    def administer() -> Any:
+        with Client.connect(sock, autostart=False) as c:
+            jobs, _ = c.list_jobs()
+            return {
+                "ids": [j["id"] for j in jobs],
+                "owner": c.get_job("alice-2")["owner_uid"],
+                "workers": c.set_workers(1)["desired"],
+            }
+
+    # carol is in admin_groups (by a supplementary group): every job, and the workers.
+    assert as_user(carol.pw_uid, administer) == {
+        "ok": {"ids": ["alice-2"], "owner": alice.pw_uid, "workers": 1}
+    }
+    # bob, allowed on the socket but in no admin group, is still refused both.
+    denied = as_user(bob.pw_uid, administer)
+    assert denied["error"] == PermissionDenied.code
+    _wait_done(sock, ["alice-2"])
+
+
+def test_a_fork_bomb_under_max_procs_ends_and_leaves_nothing(shared_queue: dict[str, Any]) -> None:
+    """A user's job: --max-procs by RLIMIT_NPROC here (no pids controller), then the
+    attempt's end (its timeout) takes every process of the bomb with it."""
+    sock, out = shared_queue["sock"], shared_queue["out"]
+    alice = shared_queue["users"][USERS[0]]
+
+    def bomb() -> Any:
+        with Client.connect(sock, autostart=False) as c:
+            # Each shell forks two more until fork fails (EAGAIN at 24 processes); the
+            # job's shell then exits (or times out) with the bomb's leftovers running.
+            job = c.enqueue(
+                "f() { f | f & }; f; sleep 1", id="bomb", max_procs=24, timeout=5, cwd=str(out)
+            )
+            return job["max_procs"]
+
+    assert as_user(alice.pw_uid, bomb) == {"ok": 24}
+    _wait_done(sock, ["bomb"], timeout=60)
+    log = (shared_queue["base"] / "state" / "logs" / "job_bomb.txt").read_text()
+    assert "max-procs 24 (" in log
+    assert "fork" in log.lower()  # the shells were refused forks ("Cannot fork")
+
+    def processes_of(uid: int) -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.stat(f"/proc/{entry}").st_uid == uid:
+                        found.append(int(entry))
+        return found
+
+    # Nothing of the bomb is left (a cgroup per attempt; else its process group).
+    deadline = time.monotonic() + 10
+    while processes_of(alice.pw_uid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_of(alice.pw_uid) == []
 
 
 @pytest.fixture

@@ -128,6 +128,20 @@ def test_logs_and_watch(daemon: QueueDaemon) -> None:
     assert "line1\nline2\n" in logs and "Exit Code: 0" in logs
 
 
+def test_follow_and_watch_end_when_only_scheduled_jobs_wait(daemon: QueueDaemon) -> None:
+    daemon.cli("enqueue", "--id", "now", "--", "true")
+    daemon.cli("enqueue", "--id", "later", "--delay", "3600", "--", "true")
+    out = daemon.cli("worker", "start", "--count", "1", "--follow", timeout=30)
+    assert "[INFO] [now] completed" in out
+    last = out.splitlines()[-1]
+    assert last.startswith("[INFO] nothing to run now: 1 job waits for a later time, the first at")
+    events = [json.loads(x) for x in daemon.cli("watch", "--until-idle", "--json").splitlines()]
+    (idle,) = events
+    assert idle["type"] == "idle" and idle["scheduled"] == 1
+    assert idle["next_at"] == daemon.job("later")["run_at"]
+    assert daemon.job("later")["state"] == "waiting"
+
+
 def test_autostart_and_shutdown(daemon_factory: DaemonFactory) -> None:
     home = daemon_factory(start=False)  # a home and a cleanup; the CLI starts the daemon
     env = {"QUEUECTL_NO_AUTOSTART": ""}

@@ -205,7 +205,8 @@ def test_socket_directory_out_of_reach(daemon_factory: DaemonFactory) -> None:
                 text=True,
                 timeout=30,
             )
-            one_sentence(proc, 1, "permission denied")
+            # One sentence naming the directory out of reach and what to do (issue 13).
+            one_sentence(proc, 1, "permission denied", str(locked / "inner"), "QUEUECTL_HOME")
     finally:
         locked.chmod(0o700)
 

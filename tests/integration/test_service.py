@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -314,6 +315,37 @@ def test_notify_ready_status_watchdog_stopping_in_order(svc: Service) -> None:
     job_env = (out / "env.txt").read_text()
     for name in PRIVATE:
         assert f"{name}=" not in job_env
+
+
+def test_watchdog_pings_stop_while_the_store_thread_is_wedged(svc: Service) -> None:
+    listener = NotifyListener(svc.home / "notify.sock")
+    try:
+        env = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "200000"}
+        svc.start("--workers", "0", env=env)
+        wait_for(lambda: listener.has("WATCHDOG=1"), what="a first ping")
+
+        def last_ping() -> float:
+            return max(t for t, line in listener.lines() if line == "WATCHDOG=1")
+
+        # Another process takes SQLite's write lock: the store thread's next transaction
+        # (the watchdog's own probe) waits in the busy handler, up to its 5 s.
+        db = sqlite3.connect(svc.home / "queue.db", isolation_level=None, timeout=10)
+        db.execute("BEGIN IMMEDIATE")
+        locked = time.monotonic()
+        # No ping for three intervals (systemd would restart after two), while the event
+        # loop itself still answers a new connection's hello.
+        wait_for(lambda: time.monotonic() - last_ping() > 0.3, timeout=3, what="pings to stop")
+        assert last_ping() < locked + 0.25
+        with Client.connect(str(svc.socket), autostart=False, timeout=2):
+            pass
+        db.execute("ROLLBACK")
+        released = time.monotonic()
+        wait_for(lambda: last_ping() > released, timeout=3, what="pings to resume")
+        db.close()
+        code, _ = svc.stop()
+    finally:
+        listener.close()
+    assert code == 0
 
 
 def test_watchdog_is_not_pinged_for_another_pid(svc: Service) -> None:

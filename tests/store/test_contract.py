@@ -7,6 +7,7 @@ call rolls back alone while the rest of the transaction commits.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -494,3 +495,22 @@ def test_attempt_stats(store: Store) -> None:
     assert stats["attempts_failed"] == 1
     assert stats["mean_seconds_completed"] == pytest.approx(0.5)
     assert "attempts_None" not in stats  # the running attempt of "c" is not counted
+
+
+def test_limits_and_accounting_are_kept(store: Store) -> None:
+    (job,) = insert(store, NewJob("true", id="lim", memory=512 << 20, cpus=1.5, max_procs=64))
+    assert (job.memory, job.cpus, job.max_procs) == (512 << 20, 1.5, 64)
+    insert(store, NewJob("true", id="plain"))
+    plain = get(store, "plain")
+    assert (plain.memory, plain.cpus, plain.max_procs) == (None, None, None)
+    (c, _) = claim(store, now=T0)
+    assert c.job.id == "lim" and c.job.max_procs == 64
+    used = dataclasses.replace(
+        result_for(c, JobState.COMPLETED), cpu_seconds=0.25, peak_bytes=3 << 20
+    )
+    assert one(store, lambda s: s.finish_attempts([used])) == [True]
+    (attempt,) = get(store, "lim", history=True).history
+    assert (attempt.cpu_seconds, attempt.peak_bytes) == (0.25, 3 << 20)
+    stats = one(store, lambda s: s.attempt_stats())
+    assert stats["cpu_seconds_completed"] == 0.25
+    assert stats["max_peak_bytes_completed"] == 3 << 20

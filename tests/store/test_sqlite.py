@@ -235,6 +235,7 @@ def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
             assert jobs["running"].lease_token == "tok"
             done = store.get_job("done", with_history=True)
             assert done is not None and len(done.history) == 1
+            assert done.memory is None and done.history[0].cpu_seconds is None
             assert store.count_by_queue() == {
                 "default": {
                     JobState.PENDING: 1,
@@ -249,5 +250,35 @@ def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
                 "retrying",
             ]
             assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        store.close()
+
+
+def test_a_version_2_database_gets_limits_and_accounting(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    raw = sqlite3.connect(path)
+    raw.executescript((Path(__file__).parent / "schema_v2.sql").read_text())
+    raw.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    raw.execute(
+        "INSERT INTO jobs (id, command, state, created_at, updated_at, run_at) "
+        "VALUES ('old', 'echo old', 'completed', 1, 1, 1)"
+    )
+    raw.execute(
+        "INSERT INTO attempts (job_seq, attempt, started_at, finished_at, outcome) "
+        "VALUES (1, 1, 1, 2, 'completed')"
+    )
+    raw.commit()
+    raw.close()
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 3
+        with store.transaction():
+            job = store.get_job("old", with_history=True)
+            assert job is not None and job.command == "echo old" and job.memory is None
+            assert job.history[0].outcome == "completed" and job.history[0].cpu_seconds is None
+            (new,) = store.insert_jobs([NewJob("true", id="new", cpus=0.5)], 3.0)
+            assert new.cpus == 0.5
+            assert store.count_by_state()[JobState.COMPLETED] == 1
     finally:
         store.close()

@@ -59,6 +59,7 @@ class FakeOps:
     spawned: list[FakeExecutor] = field(default_factory=list)
     killed: list[tuple[int, signal.Signals]] = field(default_factory=list)
     killed_groups: list[int] = field(default_factory=list)
+    killed_cgroups: list[str] = field(default_factory=list)
     tagged: dict[str, int] = field(default_factory=dict)  # job id -> pgid found by tag
 
     async def spawn(self) -> FakeExecutor:
@@ -74,6 +75,9 @@ class FakeOps:
 
     def kill_group(self, pgid: int) -> None:
         self.killed_groups.append(pgid)
+
+    def kill_cgroup(self, path: str) -> None:
+        self.killed_cgroups.append(path)
 
     def find_job_groups(self, job_ids: set[str]) -> set[int]:
         return {pgid for job_id, pgid in self.tagged.items() if job_id in job_ids}

@@ -133,6 +133,17 @@ def test_bad_environment_value_names_its_key(home: Path) -> None:
     assert "workers" in info.value.message.lower()
 
 
+def test_unknown_environment_key_is_refused_like_an_unknown_file_key(home: Path) -> None:
+    env = {"QUEUECTLD_WORKER": "4", "QUEUECTLD_LOG_LEVEL": "debug"}
+    with pytest.raises(InvalidRequest) as info:
+        load_config(None, env, flags(home=str(home)))
+    message = info.value.message
+    assert "QUEUECTLD_WORKER" in message and "unknown key 'worker'" in message
+    assert "did you mean 'workers'" in message
+    # QUEUECTLD_CONFIG names the file, not a key: still accepted.
+    assert load_config(None, {"QUEUECTLD_CONFIG": ""}, flags(home=str(home))).workers >= 0
+
+
 def test_missing_config_file(tmp_path: Path, home: Path) -> None:
     with pytest.raises(InvalidRequest, match=r"nope\.toml"):
         load_config(str(tmp_path / "nope.toml"), {}, flags(home=str(home)))

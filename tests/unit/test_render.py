@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, cast
 
 from queuectl import render
@@ -67,6 +68,14 @@ def test_dead_pending_enqueued_and_idle_lines() -> None:
     assert render.event_line({"type": "enqueued", "id": "j"}) == "[INFO] [j] enqueued"
     idle = render.event_line({"type": "idle", "time": T0})
     assert idle is not None and idle.startswith("[INFO] queue drained")
+    later = {"type": "idle", "time": T0, "scheduled": 2, "next_at": T0 + 90}
+    first = time.strftime("%H:%M:%S", time.localtime(T0 + 90))
+    assert render.event_line(later) == (
+        f"[INFO] nothing to run now: 2 jobs wait for a later time, the first at {first}"
+    )
+    far = render.event_line({**later, "scheduled": 1, "next_at": T0 + 3 * 86400})
+    assert far is not None and "1 job waits" in far
+    assert time.strftime("%Y-%m-%d", time.localtime(T0 + 3 * 86400)) in far
 
 
 def test_unknown_events_print_nothing() -> None:
@@ -155,3 +164,42 @@ def test_status_shows_waiting_and_cancelled_when_they_hold_jobs() -> None:
     out = render.status(view)
     assert "waiting    | 3" in out and "cancelled" not in out
     assert "mail    | 0       | 3" in out  # the per-queue lines, as there are two queues
+
+
+def test_show_gives_cpu_and_peak_columns_when_wide_and_a_line_in_80() -> None:
+    now = time.time()  # today: the times print without their date
+    attempt = {
+        "attempt": 1,
+        "started_at": now,
+        "finished_at": now + 1,
+        "exit_code": 0,
+        "outcome": "completed",
+        "error": None,
+        "worker": "x1",
+        "cpu_seconds": 0.25,
+        "peak_bytes": 19 << 20,
+    }
+    job = {
+        "id": "j",
+        "command": "true",
+        "cwd": "/",
+        "state": "completed",
+        "attempts": 1,
+        "interruptions": 0,
+        "max_retries": 3,
+        "timeout": 10.0,
+        "created_at": now,
+        "updated_at": now,
+        "run_at": now,
+        "last_error": None,
+        "memory": 512 << 20,
+        "cpus": 1.5,
+        "max_procs": None,
+        "history": [attempt],
+    }
+    narrow = render.job_detail(job, 80)  # type: ignore[arg-type]
+    assert "limits:      memory 512M, cpus 1.5" in narrow
+    assert "attempt 1 used: cpu 0.250s, peak memory 19.0M" in narrow
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    wide = render.job_detail(job, None)  # type: ignore[arg-type]
+    assert "| cpu    | peak  |" in wide and "| 0.250s | 19.0M |" in wide

@@ -13,10 +13,10 @@ SELECT 1 FROM jobs WHERE id = :id;
 -- name: insert_jobs
 INSERT INTO jobs (id, command, cwd, owner_uid, idempotent, max_retries, timeout, state,
                   queue, priority, unique_key, env, backoff_base, backoff_max, jitter,
-                  created_at, updated_at, run_at)
+                  memory_max, cpus, max_procs, created_at, updated_at, run_at)
 VALUES (:id, :command, :cwd, :owner_uid, :idempotent, :max_retries, :timeout, :state,
         :queue, :priority, :unique_key, :env, :backoff_base, :backoff_max, :jitter,
-        :now, :now, :run_at);
+        :memory_max, :cpus, :max_procs, :now, :now, :run_at);
 
 -- name: unfinished_with_keys
 -- The unfinished job holding each unique key named in the JSON array :keys.
@@ -172,7 +172,8 @@ WHERE seq = :seq AND state = 'processing' AND lease_token = :token;
 -- A NULL :started_at keeps the start written at the claim (an interrupted attempt).
 UPDATE attempts
 SET started_at = COALESCE(:started_at, started_at), finished_at = :finished_at,
-    exit_code = :exit_code, outcome = :outcome, error = :error, worker = :worker
+    exit_code = :exit_code, outcome = :outcome, error = :error, worker = :worker,
+    cpu_seconds = :cpu_seconds, peak_bytes = :peak_bytes
 WHERE job_seq = :seq AND attempt = :attempt;
 
 -- name: release_job
@@ -214,5 +215,6 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
 -- name: attempt_stats
 SELECT outcome, COUNT(*) AS n, AVG(finished_at - started_at) AS mean_s,
-       MAX(finished_at - started_at) AS max_s
+       MAX(finished_at - started_at) AS max_s, TOTAL(cpu_seconds) AS cpu_s,
+       MAX(peak_bytes) AS peak
 FROM attempts WHERE finished_at IS NOT NULL GROUP BY outcome;

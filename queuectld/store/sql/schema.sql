@@ -1,5 +1,5 @@
--- queuectl SQLite schema, version 2. Applied in one transaction by SQLiteStore.open() to a
--- new database; migrate_2.sql brings a version-1 database here.
+-- queuectl SQLite schema, version 3. Applied in one transaction by SQLiteStore.open() to a
+-- new database; migrate_2.sql and migrate_3.sql bring older databases here.
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -19,6 +19,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     cwd              TEXT,                        -- where the command runs (NULL: daemon's home)
     owner_uid        INTEGER,                     -- who enqueued it (peer credentials)
     idempotent       INTEGER NOT NULL DEFAULT 1,  -- 0: never re-run after an interruption
+    memory_max       INTEGER,                     -- limits (NULL: none): bytes of memory,
+    cpus             REAL,                        -- CPUs,
+    max_procs        INTEGER,                     -- processes (docs/jobs.md)
     state            TEXT NOT NULL
                      CHECK (state IN ('pending', 'waiting', 'processing', 'completed', 'failed',
                                       'dead', 'cancelled')),
@@ -69,6 +72,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     exit_code   INTEGER,
     outcome     TEXT,
     error       TEXT,
+    cpu_seconds REAL,     -- user + system time of all its processes
+    peak_bytes  INTEGER,  -- peak memory (the cgroup's, else its largest process's)
     PRIMARY KEY (job_seq, attempt)
 ) WITHOUT ROWID;
 
