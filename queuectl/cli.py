@@ -35,16 +35,21 @@ from queuectl.errors import (
 )
 from queuectl.protocol import (
     MAX_BATCH_JOBS,
+    MAX_CATCHUP_RUNS,
     MAX_COMMAND_BYTES,
     MAX_CPUS,
     MAX_LIST_LIMIT,
     MAX_PRIORITY,
     MAX_PROCS_LIMIT,
+    MAX_PURGE_AGE_S,
     MAX_RETRIES_LIMIT,
     MAX_TIMEOUT_S,
     MAX_WORKERS,
     MIN_PRIORITY,
+    PURGEABLE_STATES,
+    CatchUp,
     JobState,
+    Overlap,
     SortKey,
     WaitView,
     plain_number,
@@ -206,20 +211,124 @@ class _EnqueueCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+def job_options(f: F) -> F:
+    """The options of a job, shared by `enqueue` and `schedule add`."""
+    options = [
+        click.option(
+            "--max-retries",
+            type=Int(0, MAX_RETRIES_LIMIT),
+            help=f"retries before the DLQ [default: the queue's max-retries, "
+            f"{SETTINGS_HELP['max-retries'][0]}]",
+        ),
+        click.option(
+            "--timeout",
+            type=Number(0.001, MAX_TIMEOUT_S),
+            help="seconds before the job is stopped [default: the queue's default-timeout, "
+            f"{float(SETTINGS_HELP['default-timeout'][0]):g}]",
+        ),
+        click.option(
+            "--priority",
+            type=Int(MIN_PRIORITY, MAX_PRIORITY),
+            help=f"higher runs first ({MIN_PRIORITY} to {MAX_PRIORITY}) [default: 0]",
+        ),
+        click.option(
+            "--queue", "-q", "queue", help="the named queue to put it in [default: default]"
+        ),
+        click.option(
+            "--env",
+            "env",
+            type=EnvPair(),
+            multiple=True,
+            help="set a variable in the job's environment (repeatable)",
+        ),
+        click.option(
+            "--cwd",
+            type=click.Path(file_okay=False),
+            help="directory the job runs in [default: the current directory]",
+        ),
+        click.option(
+            "--backoff-base",
+            type=Number(1, 60),
+            help="a retry waits backoff-base ** attempts seconds [default: the queue's setting]",
+        ),
+        click.option(
+            "--backoff-max",
+            type=Duration(MAX_TIMEOUT_S),
+            help="the longest wait between retries [default: the queue's setting]",
+        ),
+        click.option(
+            "--jitter",
+            type=Number(0, 1),
+            help="vary each retry delay by up to this fraction [default: the queue's setting]",
+        ),
+        click.option("--memory", help="memory limit, such as 512M or 2G (docs/jobs.md)"),
+        click.option(
+            "--cpus", type=Number(0.01, MAX_CPUS), help="CPU limit: 1.5 = one and a half CPUs"
+        ),
+        click.option(
+            "--max-procs", type=Int(1, MAX_PROCS_LIMIT), help="limit on the job's processes at once"
+        ),
+        click.option(
+            "--not-idempotent",
+            is_flag=True,
+            help="if a run is cut short (crash, drain), mark the job dead instead of running "
+            "it again",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+JOB_OPTIONS = (
+    "max_retries",
+    "timeout",
+    "priority",
+    "queue",
+    "env",
+    "cwd",
+    "backoff_base",
+    "backoff_max",
+    "jitter",
+    "memory",
+    "cpus",
+    "max_procs",
+    "not_idempotent",
+)
+
+
+def job_spec(command: tuple[str, ...], options: dict[str, Any]) -> dict[str, Any]:
+    """The wire map of a job given as a command and the options of :func:`job_options`
+    (plus `enqueue`'s own); options left out follow the queue's settings."""
+    spec: dict[str, Any] = {"command": command[0] if len(command) == 1 else shlex.join(command)}
+    for key, value in options.items():
+        if key == "not_idempotent":
+            if value:
+                spec["idempotent"] = False
+        elif key == "env":
+            if value:
+                spec["env"] = dict(value)
+        elif key in ("after", "after_any"):
+            if value:
+                spec[key] = list(value)
+        elif value is not None:
+            spec[key] = value
+    return spec
+
+
+def job_cwd(cwd: str | None) -> str:
+    """The directory a job runs in: ``--cwd`` made absolute, or the current one."""
+    if cwd is None:
+        return os.getcwd()
+    cwd = os.path.abspath(cwd)
+    if not os.path.isdir(cwd):
+        raise click.BadParameter(f"{cwd} is not a directory", param_hint="'--cwd'")
+    return cwd
+
+
 @cli.command(cls=_EnqueueCommand, context_settings={"ignore_unknown_options": False})
 @click.option("--id", "job_id", help="job id (default: a generated number)")
-@click.option(
-    "--max-retries",
-    type=Int(0, MAX_RETRIES_LIMIT),
-    help=f"retries before the DLQ [default: the queue's max-retries, "
-    f"{SETTINGS_HELP['max-retries'][0]}]",
-)
-@click.option(
-    "--timeout",
-    type=Number(0.001, MAX_TIMEOUT_S),
-    help="seconds before the job is stopped [default: the queue's default-timeout, "
-    f"{float(SETTINGS_HELP['default-timeout'][0]):g}]",
-)
+@job_options
 @click.option(
     "--delay",
     type=Duration(MAX_TIMEOUT_S * 52),
@@ -231,84 +340,47 @@ class _EnqueueCommand(click.Command):
     help="first run at this ISO 8601 time (2026-12-01T09:00:00Z; no offset: local time)",
 )
 @click.option(
-    "--priority",
-    type=Int(MIN_PRIORITY, MAX_PRIORITY),
-    help=f"higher runs first ({MIN_PRIORITY} to {MAX_PRIORITY}) [default: 0]",
-)
-@click.option("--queue", "-q", "queue", help="the named queue to put it in [default: default]")
-@click.option(
     "--unique-key",
     help="while a job with this key is unfinished, return it instead of adding another",
 )
 @click.option(
-    "--env",
-    "env",
-    type=EnvPair(),
+    "--after",
+    "after",
     multiple=True,
-    help="set a variable in the job's environment (repeatable)",
+    metavar="ID",
+    help="run once job ID completed; cancelled if it ends dead or cancelled (repeatable)",
 )
 @click.option(
-    "--cwd",
-    type=click.Path(file_okay=False),
-    help="directory the job runs in [default: the current directory]",
-)
-@click.option(
-    "--backoff-base",
-    type=Number(1, 60),
-    help="a retry waits backoff-base ** attempts seconds [default: the queue's setting]",
-)
-@click.option(
-    "--backoff-max",
-    type=Duration(MAX_TIMEOUT_S),
-    help="the longest wait between retries [default: the queue's setting]",
-)
-@click.option(
-    "--jitter",
-    type=Number(0, 1),
-    help="vary each retry delay by up to this fraction [default: the queue's setting]",
-)
-@click.option("--memory", help="memory limit, such as 512M or 2G (docs/jobs.md)")
-@click.option("--cpus", type=Number(0.01, MAX_CPUS), help="CPU limit: 1.5 = one and a half CPUs")
-@click.option(
-    "--max-procs", type=Int(1, MAX_PROCS_LIMIT), help="limit on the job's processes at once"
-)
-@click.option(
-    "--not-idempotent",
-    is_flag=True,
-    help="if a run is cut short (crash, drain), mark the job dead instead of running it again",
+    "--after-any",
+    "after_any",
+    multiple=True,
+    metavar="ID",
+    help="run once job ID is final, however it ended (repeatable)",
 )
 @click.option(
     "--file",
     "from_file",
     type=click.File("r"),
     help="enqueue every job of a JSON-lines file ('-' for stdin); up to "
-    f"{MAX_BATCH_JOBS} jobs go in one transaction (all stored or none)",
+    f"{MAX_BATCH_JOBS} jobs go in one transaction (all stored or none); a line's "
+    '"after" may name a job of the same file by its "id"',
 )
 @json_option
 @click.argument("command", nargs=-1, required=False)
 @pass_ctx
 def enqueue(
     c: Context,
+    /,
     job_id: str | None,
-    max_retries: int | None,
-    timeout: float | None,
     delay: float | None,
     run_at: float | None,
-    priority: int | None,
-    queue: str | None,
     unique_key: str | None,
-    env: tuple[tuple[str, str], ...],
-    cwd: str | None,
-    backoff_base: float | None,
-    backoff_max: float | None,
-    jitter: float | None,
-    memory: str | None,
-    cpus: float | None,
-    max_procs: int | None,
-    not_idempotent: bool,
+    after: tuple[str, ...],
+    after_any: tuple[str, ...],
     from_file: Any,
     as_json: bool,
     command: tuple[str, ...],
+    **options: Any,
 ) -> None:
     """Add a job: a JSON object (or several, stored together), or flags and a command.
 
@@ -317,18 +389,14 @@ def enqueue(
       queuectl enqueue '{"id":"a","command":"true"}' '{"id":"b","command":"true"}'
       queuectl enqueue --id job2 --timeout 30 -- sleep 2
       queuectl enqueue --queue mail --priority 10 --delay 5m -- ./send-digest
+      queuectl enqueue --id load --after transform -- ./load.sh
 
     A command runs as `sh -c COMMAND` in the current directory (or --cwd); it may be up
     to {limit} KiB of UTF-8. Several words after `--` are joined as the shell reads them.
     """
     if delay is not None and run_at is not None:
         raise click.UsageError("give either --delay or --run-at, not both")
-    if cwd is not None:
-        cwd = os.path.abspath(cwd)
-        if not os.path.isdir(cwd):
-            raise click.BadParameter(f"{cwd} is not a directory", param_hint="'--cwd'")
-    else:
-        cwd = os.getcwd()
+    cwd = job_cwd(options.pop("cwd"))
     if from_file is not None:
         if command:
             raise click.UsageError("give either --file or a job, not both")
@@ -350,12 +418,19 @@ def enqueue(
         return
     if not command:
         raise click.UsageError("give a job as JSON or a command after `--`")
+    own = {
+        "id": job_id,
+        "delay": delay,
+        "run_at": run_at,
+        "unique_key": unique_key,
+        "after": after,
+        "after_any": after_any,
+    }
     after_dashes = click.get_current_context().meta.get("queuectl.after_dashes", False)
     if not after_dashes and command[0].lstrip().startswith("{"):
         # JSON jobs, never a shell command: each argument must be one JSON object.
-        flags: tuple[Any, ...] = (job_id, max_retries, timeout, delay, run_at, priority, queue)
-        flags += (unique_key, backoff_base, backoff_max, jitter, memory, cpus, max_procs)
-        if any(v is not None for v in flags) or not_idempotent or env:
+        given = [v for v in [*own.values(), *options.values()] if v not in (None, ())]
+        if any(v is not False for v in given):
             raise click.UsageError(
                 "put the job's options (id, priority, queue, delay, env...) inside the JSON job"
             )
@@ -375,27 +450,7 @@ def enqueue(
             return
         spec = _parse_json_job(command[0], "the job")
     else:
-        spec = {"command": command[0] if len(command) == 1 else shlex.join(command)}
-        options: tuple[tuple[str, Any], ...] = (
-            ("id", job_id),
-            ("max_retries", max_retries),
-            ("timeout", timeout),
-            ("delay", delay),
-            ("run_at", run_at),
-            ("priority", priority),
-            ("queue", queue),
-            ("unique_key", unique_key),
-            ("env", dict(env) if env else None),
-            ("backoff_base", backoff_base),
-            ("backoff_max", backoff_max),
-            ("jitter", jitter),
-            ("memory", memory),
-            ("cpus", cpus),
-            ("max_procs", max_procs),
-        )
-        spec.update((key, value) for key, value in options if value is not None)
-        if not_idempotent:
-            spec["idempotent"] = False
+        spec = job_spec(command, {**own, **options})
     spec.setdefault("cwd", cwd)
     with c.client() as client:
         job = client.enqueue_spec(spec)
@@ -569,6 +624,11 @@ def status(c: Context, as_json: bool) -> None:
     help="priority: the order the workers take them in; run_at: by due time",
 )
 @click.option("--newest", is_flag=True, help="newest first (the same as --sort newest)")
+@click.option(
+    "--blocked",
+    is_flag=True,
+    help="the jobs waiting for their parents, with what each waits on",
+)
 @wide_option
 @json_option
 @pass_ctx
@@ -581,16 +641,22 @@ def list_cmd(
     offset: int,
     sort: str,
     newest: bool,
+    blocked: bool,
     wide: bool,
     as_json: bool,
 ) -> None:
     """List jobs, oldest first (times are local; the zone is in the header)."""
     if newest:
         sort = SortKey.NEWEST.value
+    if blocked:
+        if state not in (None, JobState.BLOCKED.value):
+            raise click.UsageError("--blocked lists blocked jobs: give no other --state")
+        state = JobState.BLOCKED.value
     after = None if since is None else time.time() - since
     with c.client() as client:
         jobs, total = client.list_jobs(state, limit, offset, queue=queue, since=after, sort=sort)
-    emit(jobs, as_json, lambda js: render.jobs(js, total, table_width(wide)))
+    show = render.blocked if blocked else render.jobs
+    emit(jobs, as_json, lambda js: show(js, total, table_width(wide)))
 
 
 @cli.command()
@@ -669,6 +735,202 @@ def retry(c: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
     with c.client() as client:
         jobs = client.retry(*job_ids)
     emit(jobs, as_json, lambda js: "\n".join(f"job {j['id']} is pending again" for j in js))
+
+
+# -- retention ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--state",
+    type=click.Choice(list(PURGEABLE_STATES)),
+    required=True,
+    help="which finished jobs",
+)
+@click.option(
+    "--older-than",
+    type=Duration(MAX_PURGE_AGE_S),
+    required=True,
+    help="unchanged for at least this long: 30m, 12h, 7d",
+)
+@click.option("--queue", "-q", "queue", help="only jobs of this queue")
+@click.option("--dry-run", is_flag=True, help="only say what would be removed")
+@json_option
+@pass_ctx
+def purge(
+    c: Context, state: str, older_than: float, queue: str | None, dry_run: bool, as_json: bool
+) -> None:
+    """Remove finished jobs and their log files, a few hundred a transaction.
+
+    \b
+      queuectl purge --state completed --older-than 7d
+      queuectl purge --state dead --older-than 30d --queue mail --dry-run
+
+    A job that an unfinished job waits on (--after) is kept until that one is final.
+    The daemon does the same by itself as the configuration's [retention] says.
+    """
+    with c.client() as client:
+        done = client.purge(state, older_than, queue=queue, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    emit(
+        done,
+        as_json,
+        lambda d: (
+            f"{verb} {d['jobs']} {state} job{'' if d['jobs'] == 1 else 's'} "
+            f"and {render.size(d['bytes_freed'])} of log files"
+        ),
+    )
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def vacuum(c: Context, as_json: bool) -> None:
+    """Compact the queue database after a large purge (the daemon waits meanwhile).
+
+    A database created by this version gives freed pages back as it purges; an older
+    one is converted to do so by its first vacuum.
+    """
+    with c.client() as client:
+        done = client.vacuum()
+    emit(
+        done,
+        as_json,
+        lambda d: (
+            f"queue database: {render.size(d['bytes_before'])} -> "
+            f"{render.size(d['bytes_after'])} ({d['seconds']:.1f}s)"
+        ),
+    )
+
+
+# -- schedules -----------------------------------------------------------------------
+
+
+@cli.group()
+def schedule() -> None:
+    """Recurring jobs: a cron expression enqueues one job per tick, exactly once."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.option(
+    "--cron",
+    required=True,
+    help="five fields (minute hour day month weekday), or six with seconds last",
+)
+@click.option("--tz", default="UTC", show_default=True, help="time zone of the cron fields")
+@click.option(
+    "--overlap",
+    type=click.Choice([o.value for o in Overlap]),
+    default=Overlap.SKIP.value,
+    show_default=True,
+    help="while the previous run is not final: skip the tick, queue a run after it, or "
+    "replace it (cancel or kill it)",
+)
+@click.option(
+    "--catch-up",
+    type=click.Choice([k.value for k in CatchUp]),
+    default=CatchUp.LATEST.value,
+    show_default=True,
+    help="ticks missed while the daemon was down: one run for all (latest), one each "
+    f"(all, at most {MAX_CATCHUP_RUNS}), or none",
+)
+@click.option("--replace", is_flag=True, help="change the schedule of this name")
+@job_options
+@json_option
+@click.argument("command", nargs=-1, required=True)
+@pass_ctx
+def schedule_add(
+    c: Context,
+    /,
+    name: str,
+    cron: str,
+    tz: str,
+    overlap: str,
+    catch_up: str,
+    replace: bool,
+    as_json: bool,
+    command: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Enqueue COMMAND at every tick of a cron expression.
+
+    \b
+      queuectl schedule add backup --cron '0 3 * * *' --tz Europe/Berlin -- ./backup.sh
+      queuectl schedule add poll --cron '*/5 * * * *' --queue net --timeout 60 -- ./poll
+      queuectl schedule add tick --cron '* * * * * */10' -- date   # every 10 seconds
+
+    Each tick's job is named NAME.YYYYMMDDTHHMMSS (the tick in UTC).
+    """
+    cwd = job_cwd(options.pop("cwd"))
+    spec = {**job_spec(command, options), "cwd": cwd}
+    with c.client() as client:
+        view = client.schedule_add(
+            name, cron, spec, tz=tz, overlap=overlap, catch_up=catch_up, replace=replace
+        )
+    emit(view, as_json, render.schedule_detail)
+
+
+@schedule.command("list")
+@wide_option
+@json_option
+@pass_ctx
+def schedule_list(c: Context, wide: bool, as_json: bool) -> None:
+    """Every schedule: next and last tick, the last job and its state."""
+    with c.client() as client:
+        views = client.schedules()
+    emit(views, as_json, lambda vs: render.schedules(vs, table_width(wide)))
+
+
+@schedule.command("show")
+@click.argument("name")
+@json_option
+@pass_ctx
+def schedule_show(c: Context, name: str, as_json: bool) -> None:
+    """One schedule with its job and policies."""
+    with c.client() as client:
+        emit(client.schedule(name), as_json, render.schedule_detail)
+
+
+@schedule.command("pause")
+@click.argument("name")
+@pass_ctx
+def schedule_pause(c: Context, name: str) -> None:
+    """Make no more jobs until `resume` (the jobs made stay)."""
+    with c.client() as client:
+        client.pause_schedule(name)
+    click.echo(f"schedule {name} paused")
+
+
+@schedule.command("resume")
+@click.argument("name")
+@pass_ctx
+def schedule_resume(c: Context, name: str) -> None:
+    """Go on from the next tick (ticks of the pause are not caught up)."""
+    with c.client() as client:
+        view = client.resume_schedule(name)
+    click.echo(f"schedule {name} resumed; next tick {render.when_zoned(view['next_at'])}")
+
+
+@schedule.command("remove")
+@click.argument("name")
+@pass_ctx
+def schedule_remove(c: Context, name: str) -> None:
+    """Remove a schedule; the jobs it made stay."""
+    with c.client() as client:
+        client.remove_schedule(name)
+    click.echo(f"schedule {name} removed")
+
+
+@schedule.command("run")
+@click.argument("name")
+@json_option
+@pass_ctx
+def schedule_run(c: Context, name: str, as_json: bool) -> None:
+    """Enqueue the schedule's job once, now (its ticks and overlap policy are untouched)."""
+    with c.client() as client:
+        job = client.run_schedule(name)
+    emit(job, as_json, render.enqueued)
 
 
 # -- named queues ----------------------------------------------------------------

@@ -48,9 +48,11 @@ from queuectl.protocol import (
     HelloReply,
     JobView,
     Op,
+    PurgeView,
     QueueView,
     Reply,
     Request,
+    ScheduleView,
     StatusView,
     WaitView,
     WorkersView,
@@ -282,13 +284,17 @@ class Client:
         memory: str | None = None,
         cpus: float | None = None,
         max_procs: int | None = None,
+        after: list[str] | None = None,
+        after_any: list[str] | None = None,
     ) -> JobView:
         """Add one job; returns it once it is durably stored.
 
         ``delay`` (seconds) or ``run_at`` (Unix time) make it wait; ``priority`` (higher
         first) and ``queue`` place it; with ``unique_key``, an unfinished job holding the
         key is returned instead (its ``existing`` is True) and nothing is stored.
-        ``memory`` ("512M"), ``cpus`` and ``max_procs`` limit it (docs/jobs.md).
+        ``memory`` ("512M"), ``cpus`` and ``max_procs`` limit it (docs/jobs.md). With
+        ``after`` it is ``blocked`` until those jobs completed (cancelled if one ends dead
+        or cancelled); with ``after_any``, until those jobs are final, however they end.
         """
         spec = EnqueueArgs(
             command,
@@ -309,6 +315,8 @@ class Client:
             memory=memory,
             cpus=cpus,
             max_procs=max_procs,
+            after=after,
+            after_any=after_any,
         )
         defaults = {"idempotent": True, "priority": 0, "queue": DEFAULT_QUEUE}
         return self.enqueue_spec(
@@ -367,6 +375,73 @@ class Client:
         """Run finished jobs (completed, dead, cancelled) again, keeping their history."""
         result = self.call(Op.RETRY, ids=list(job_ids))
         return list(result["jobs"])
+
+    def purge(
+        self, state: str, older_than: float, queue: str | None = None, dry_run: bool = False
+    ) -> PurgeView:
+        """Remove jobs in a final ``state`` unchanged for ``older_than`` seconds, with their
+        log files (``dry_run``: only count them); how many, and the bytes freed."""
+        args: dict[str, Any] = {"state": state, "older_than": older_than, "dry_run": dry_run}
+        if queue is not None:
+            args["queue"] = queue
+        result: PurgeView = self.call(Op.PURGE, **args)
+        return result
+
+    def vacuum(self) -> dict[str, Any]:
+        """Compact the queue database (the daemon waits for it); sizes before and after."""
+        result: dict[str, Any] = self.call(Op.VACUUM)
+        return result
+
+    def schedule_add(
+        self,
+        name: str,
+        cron: str,
+        job: dict[str, Any],
+        *,
+        tz: str = "UTC",
+        overlap: str = "skip",
+        catch_up: str = "latest",
+        replace: bool = False,
+    ) -> ScheduleView:
+        """Enqueue ``job`` (an enqueue map without id, delay or parents) at each tick of
+        ``cron`` in time zone ``tz``; ``replace`` changes an existing schedule."""
+        result: ScheduleView = self.call(
+            Op.SCHEDULE_ADD,
+            name=name,
+            cron=cron,
+            job=job,
+            tz=tz,
+            overlap=overlap,
+            catch_up=catch_up,
+            replace=replace,
+        )
+        return result
+
+    def schedules(self) -> list[ScheduleView]:
+        result: list[ScheduleView] = self.call(Op.SCHEDULE_LIST)
+        return result
+
+    def schedule(self, name: str) -> ScheduleView:
+        result: ScheduleView = self.call(Op.SCHEDULE_GET, name=name)
+        return result
+
+    def pause_schedule(self, name: str) -> ScheduleView:
+        result: ScheduleView = self.call(Op.SCHEDULE_SET, name=name, paused=True)
+        return result
+
+    def resume_schedule(self, name: str) -> ScheduleView:
+        """Resume from the next tick (the ticks of the pause are not caught up)."""
+        result: ScheduleView = self.call(Op.SCHEDULE_SET, name=name, paused=False)
+        return result
+
+    def remove_schedule(self, name: str) -> None:
+        """Remove a schedule; the jobs it made stay."""
+        self.call(Op.SCHEDULE_REMOVE, name=name)
+
+    def run_schedule(self, name: str) -> JobView:
+        """Enqueue the schedule's job once, now (its ticks do not change)."""
+        result: JobView = self.call(Op.SCHEDULE_RUN, name=name)
+        return result
 
     def queues(self) -> list[QueueView]:
         """Every queue with jobs or settings: counts by state, limits, paused or not."""

@@ -63,17 +63,20 @@ MAX_IDS_PER_REQUEST = 10_000
 MIN_MEMORY_BYTES = 1 << 20
 MAX_CPUS = 1024.0
 MAX_PROCS_LIMIT = 1 << 22
+MAX_PARENTS = 100
 
 
 class JobState(enum.StrEnum):
     """Where a job is in its life.
 
-    ``waiting``: not due yet (``--delay``/``--run-at``); ``failed``: waiting for a retry;
-    ``dead``: the DLQ; ``cancelled``: stopped by a user (``cancel``, ``kill``).
+    ``waiting``: not due yet (``--delay``/``--run-at``); ``blocked``: waiting for its
+    parents (``--after``); ``failed``: waiting for a retry; ``dead``: the DLQ;
+    ``cancelled``: stopped by a user (``cancel``, ``kill``) or by a parent that failed.
     """
 
     PENDING = "pending"
     WAITING = "waiting"
+    BLOCKED = "blocked"
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -101,6 +104,14 @@ class Op(enum.StrEnum):
     CANCEL = "cancel"
     KILL = "kill"
     RETRY = "retry"
+    PURGE = "purge"
+    VACUUM = "vacuum"
+    SCHEDULE_ADD = "schedule_add"
+    SCHEDULE_LIST = "schedule_list"
+    SCHEDULE_GET = "schedule_get"
+    SCHEDULE_SET = "schedule_set"
+    SCHEDULE_REMOVE = "schedule_remove"
+    SCHEDULE_RUN = "schedule_run"
     QUEUE_LIST = "queue_list"
     QUEUE_SET = "queue_set"
     LOGS = "logs"
@@ -402,6 +413,10 @@ class EnqueueArgs:
     memory: str | None = None
     cpus: float | None = None
     max_procs: int | None = None
+    # Parents: it runs once all ``after`` jobs completed and all ``after_any`` jobs are
+    # final; a parent in ``after`` that ends dead or cancelled cancels it.
+    after: list[str] | None = None
+    after_any: list[str] | None = None
 
     def validate(self) -> None:
         if self.cwd is not None and (not self.cwd.startswith("/") or "\x00" in self.cwd):
@@ -442,6 +457,13 @@ class EnqueueArgs:
     def memory_bytes(self) -> int | None:
         """``memory`` in bytes (None: no limit)."""
         return None if self.memory is None else parse_size(self.memory)
+        parents = [*(self.after or []), *(self.after_any or [])]
+        if len(parents) > MAX_PARENTS:
+            raise InvalidRequest(f"a job may wait on at most {MAX_PARENTS} parents")
+        for parent in parents:
+            validate_job_id(parent)
+        if len(set(parents)) < len(parents):
+            raise InvalidRequest("name each parent once, in after or in after_any")
 
 
 @dataclass(frozen=True)
@@ -647,6 +669,133 @@ class WatchArgs:
     until_idle: bool = False
 
 
+PURGEABLE_STATES = ("completed", "cancelled", "dead")
+MAX_PURGE_AGE_S = 100 * 365 * 86400.0
+
+
+@dataclass(frozen=True)
+class PurgeArgs:
+    """Remove finished jobs of one state, older than ``older_than`` seconds, with their logs."""
+
+    label: ClassVar[str] = "purge request"
+    state: str
+    older_than: float
+    queue: str | None = None
+    dry_run: bool = False
+
+    def validate(self) -> None:
+        if self.state not in PURGEABLE_STATES:
+            raise InvalidRequest(
+                f"only finished jobs can be purged: state must be completed, cancelled "
+                f"or dead, not {self.state!r}"
+            )
+        _check_range("older_than", self.older_than, 0, MAX_PURGE_AGE_S)
+        if self.queue is not None:
+            validate_queue_name(self.queue)
+
+
+class Overlap(enum.StrEnum):
+    """What a schedule does at a tick while its previous run is not final."""
+
+    SKIP = "skip"  # no new run (the default)
+    QUEUE = "queue"  # the new run waits for the previous one (after_any)
+    REPLACE = "replace"  # the previous run is cancelled (or killed), the new one follows it
+
+
+class CatchUp(enum.StrEnum):
+    """What a schedule does with ticks that passed while the daemon was down."""
+
+    LATEST = "latest"  # one run for all of them (the default)
+    ALL = "all"  # one run for each (at most MAX_CATCHUP_RUNS)
+    NONE = "none"  # none: the schedule goes on from now
+
+
+MAX_CATCHUP_RUNS = 1000
+# Schedule names are part of their jobs' ids (NAME.20261201T090000): the id alphabet.
+SCHEDULE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}")
+
+
+def validate_schedule_name(name: str) -> None:
+    """Refuse schedule names outside the alphabet of job ids (they name their jobs)."""
+    if not SCHEDULE_NAME_RE.fullmatch(name):
+        raise InvalidRequest(
+            f"schedule name {name!r} must be 1-64 letters, digits, '_' or '-', "
+            "not starting with '-'"
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleAddArgs:
+    """A recurring job: ``job`` (an enqueue map without id, delay, run_at or parents)
+    enqueued at every tick of ``cron`` in time zone ``tz``."""
+
+    label: ClassVar[str] = "schedule"
+    name: str
+    cron: str
+    job: dict  # type: ignore[type-arg]
+    tz: str = "UTC"
+    overlap: str = Overlap.SKIP.value
+    catch_up: str = CatchUp.LATEST.value
+    replace: bool = False  # True: an existing schedule of that name is changed
+
+    def validate(self) -> None:
+        validate_schedule_name(self.name)
+        if self.overlap not in {o.value for o in Overlap}:
+            raise InvalidRequest(f"overlap must be skip, queue or replace, not {self.overlap!r}")
+        if self.catch_up not in {c.value for c in CatchUp}:
+            raise InvalidRequest(f"catch-up must be latest, all or none, not {self.catch_up!r}")
+        for key in ("id", "delay", "run_at", "after", "after_any", "unique_key"):
+            if key in self.job:
+                raise InvalidRequest(
+                    f"a schedule's job cannot set {key!r}: each tick makes its own job"
+                )
+        parse_args(EnqueueArgs, self.job)
+
+
+@dataclass(frozen=True)
+class ScheduleNameArgs:
+    """A request about one schedule."""
+
+    label: ClassVar[str] = "schedule request"
+    name: str
+
+    def validate(self) -> None:
+        validate_schedule_name(self.name)
+
+
+@dataclass(frozen=True)
+class ScheduleSetArgs:
+    """Pause or resume a schedule."""
+
+    label: ClassVar[str] = "schedule request"
+    name: str
+    paused: bool
+
+    def validate(self) -> None:
+        validate_schedule_name(self.name)
+
+
+class ScheduleView(TypedDict):
+    name: str
+    cron: str
+    tz: str
+    job: dict[str, Any]
+    overlap: str
+    catch_up: str
+    paused: bool
+    created_at: float
+    next_at: float | None  # None while paused
+    last_at: float | None
+    last_job: str | None
+    last_state: str | None  # the last job's state (None once it is purged)
+
+
+class PurgeView(TypedDict):
+    jobs: int
+    bytes_freed: int  # log files removed
+    dry_run: bool
+
+
 @dataclass(frozen=True)
 class WaitArgs(JobIdsArgs):
     """Wait until every job in ``ids`` is final, or ``timeout`` seconds (None: no limit)."""
@@ -680,6 +829,14 @@ ARGS_BY_OP: dict[Op, type[Any]] = {
     Op.CANCEL: JobIdsArgs,
     Op.KILL: KillArgs,
     Op.RETRY: JobIdsArgs,
+    Op.PURGE: PurgeArgs,
+    Op.VACUUM: NoArgs,
+    Op.SCHEDULE_ADD: ScheduleAddArgs,
+    Op.SCHEDULE_LIST: NoArgs,
+    Op.SCHEDULE_GET: ScheduleNameArgs,
+    Op.SCHEDULE_SET: ScheduleSetArgs,
+    Op.SCHEDULE_REMOVE: ScheduleNameArgs,
+    Op.SCHEDULE_RUN: ScheduleNameArgs,
     Op.QUEUE_LIST: NoArgs,
     Op.QUEUE_SET: QueueSetArgs,
     Op.LOGS: LogsArgs,
@@ -709,6 +866,15 @@ class AttemptView(TypedDict):
     peak_bytes: int | None  # peak memory (docs/jobs.md says what is counted)
 
 
+class ParentView(TypedDict):
+    """A parent of a job: its state and, once it ran, its last exit code."""
+
+    id: str
+    state: str
+    exit_code: int | None
+    any_outcome: bool  # True: `after_any` (any final state will do)
+
+
 class JobView(TypedDict):
     id: str
     command: str
@@ -736,6 +902,8 @@ class JobView(TypedDict):
     cpus: float | None
     max_procs: int | None
     history: list[AttemptView]
+    parents: list[ParentView]
+    children: list[str]  # in `show` only (empty in listings)
     # Set on the answer to an enqueue with a unique key that matched an unfinished job.
     existing: NotRequired[bool]
 

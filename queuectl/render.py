@@ -15,10 +15,19 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-    from queuectl.protocol import JobView, QueueView, StatusView
+    from queuectl.protocol import JobView, ParentView, QueueView, ScheduleView, StatusView
 
 # queuectl.protocol.JobState's values, in its order (tests/unit/test_cli_help.py checks).
-STATES = ("pending", "waiting", "processing", "completed", "failed", "dead", "cancelled")
+STATES = (
+    "pending",
+    "waiting",
+    "blocked",
+    "processing",
+    "completed",
+    "failed",
+    "dead",
+    "cancelled",
+)
 
 
 def to_json(value: Any) -> str:
@@ -110,6 +119,16 @@ def clock(ts: Any) -> str:
 _CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {9: "\\t", 10: "\\n", 13: "\\r", 127: "\\x7f"}
 
 
+def size(n: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.2 MiB``, ``1.1 GiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 def one_line(text: str) -> str:
     """``text`` as it is, with control characters (newlines...) shown as escapes."""
     return text.translate(_CONTROL)
@@ -177,7 +196,34 @@ def enqueued(j: JobView) -> str:
         )
     if j["state"] == "waiting":
         return f"enqueued job {j['id']}: {j['command']} (waits until {stamp(j['run_at'])})"
+    if j["state"] == "blocked":
+        after = ", ".join(p["id"] for p in j.get("parents", []))
+        return f"enqueued job {j['id']}: {j['command']} (runs after {after})"
+    if j["state"] == "cancelled":
+        return f"enqueued job {j['id']}, cancelled at once: {j['last_error']}"
     return f"enqueued job {j['id']}: {j['command']}"
+
+
+def parent_text(p: ParentView) -> str:
+    """``a (completed, exit 0)``; ``any`` marks a parent whose outcome does not matter."""
+    detail = p["state"] + ("" if p["exit_code"] is None else f", exit {p['exit_code']}")
+    return f"{p['id']} ({detail}{', any outcome' if p['any_outcome'] else ''})"
+
+
+def blocked(views: Sequence[JobView], total: int, width: int | None = 80) -> str:
+    """`list --blocked`: what each blocked job waits on."""
+    rows = [
+        (
+            j["id"],
+            ", ".join(parent_text(p) for p in j.get("parents", []) if p["state"] != "completed"),
+            j["command"],
+        )
+        for j in views
+    ]
+    out = table(("id", "waits on", "command"), rows, width, elastic=(2, 1))
+    if total > len(views):
+        out += f"\n({len(views)} of {total} shown; use --limit and --offset for more)"
+    return out
 
 
 def state_text(j: JobView) -> str:
@@ -246,6 +292,10 @@ def job_detail(j: JobView, width: int | None = 80) -> str:
         lines.append(f"runs at:     {when_zoned(j['run_at'])}")
     elif j["state"] == "failed":
         lines.append(f"next retry:  {when_zoned(j['run_at'])}")
+    for n, parent in enumerate(j.get("parents", [])):
+        lines.append(f"{'after:' if n == 0 else '':<13}{parent_text(parent)}")
+    if j.get("children"):
+        lines.append(f"before:      {', '.join(j['children'])}")
     if j.get("unique_key"):
         lines.append(f"unique key:  {j['unique_key']}")
     for name, value in sorted((j.get("env") or {}).items()):
@@ -327,6 +377,8 @@ def event_line(event: dict[str, Any]) -> str | None:
         return f"[INFO] [{job}] enqueued"
     if kind == "cancelled":
         return f"[WARN] [{job}] cancelled ({event.get('reason') or event.get('error')})"
+    if kind == "unblocked":
+        return f"[INFO] [{job}] its parents are done; {event.get('state')}"
     if kind == "idle":
         scheduled, next_at = event.get("scheduled") or 0, event.get("next_at")
         if not scheduled:
@@ -340,3 +392,38 @@ def event_line(event: dict[str, Any]) -> str | None:
     if kind == "stopped":
         return "[INFO] queuectld stopped"
     return None
+
+
+def schedules(views: Sequence[ScheduleView], width: int | None = 80) -> str:
+    """`schedule list`: when each fires next, and how its last job is doing."""
+    rows = [
+        (
+            s["name"],
+            s["cron"] + ("" if s["tz"] == "UTC" else f" {s['tz']}"),
+            "paused" if s["paused"] else stamp(s["next_at"]),
+            stamp(s["last_at"]) if s["last_at"] is not None else "",
+            "" if s["last_job"] is None else f"{s['last_job']} ({s['last_state'] or 'purged'})",
+            s["job"].get("command", ""),
+        )
+        for s in views
+    ]
+    headers = ("name", "cron", f"next {zone()}", "last", "last job", "command")
+    return table(headers, rows, width, elastic=(5, 4, 1))
+
+
+def schedule_detail(s: ScheduleView) -> str:
+    """`schedule show`: every setting, and the last run."""
+    job = dict(s["job"])
+    lines = [
+        f"name:        {s['name']}",
+        f"cron:        {s['cron']}   (time zone {s['tz']})",
+        f"command:     {job.pop('command', '')}",
+        f"overlap:     {s['overlap']}   catch-up: {s['catch_up']}",
+        f"next tick:   {'paused' if s['paused'] else when_zoned(s['next_at'])}",
+        f"last tick:   {when_zoned(s['last_at']) if s['last_at'] is not None else 'none yet'}",
+    ]
+    if s["last_job"] is not None:
+        lines.append(f"last job:    {s['last_job']} ({s['last_state'] or 'purged'})")
+    for key, value in sorted(job.items()):
+        lines.append(f"job {key + ':':<8} {value}")
+    return "\n".join(lines)

@@ -42,6 +42,8 @@ class Committer:
         self._calls: queue.SimpleQueue[tuple[StoreCall, asyncio.Future[Any]] | None] = (
             queue.SimpleQueue()
         )
+        # Calls that must run outside any transaction (`vacuum`), each on its own.
+        self._outside: set[asyncio.Future[Any]] = set()
         self._thread = threading.Thread(target=self._run, name="queuectld-store", daemon=True)
         self.transactions = 0
         self.calls = 0
@@ -58,6 +60,14 @@ class Committer:
         self._calls.put((fn, fut))
         return await fut
 
+    async def call_outside(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` alone, outside any transaction (the store's ``compact``);
+        every other call waits for it."""
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._outside.add(fut)
+        self._calls.put((fn, fut))
+        return await fut
+
     async def stop(self) -> None:
         """Finish the queued calls, then close the store."""
         self._calls.put(None)
@@ -69,6 +79,9 @@ class Committer:
                 first = self._calls.get()
                 if first is None:
                     return
+                if first[1] in self._outside:
+                    self._alone(*first)
+                    continue
                 batch = [first]
                 stop = False
                 while len(batch) < MAX_BATCH:
@@ -79,6 +92,11 @@ class Committer:
                     if item is None:
                         stop = True
                         break
+                    if item[1] in self._outside:
+                        self._commit(batch)
+                        batch = []
+                        self._alone(*item)
+                        continue
                     batch.append(item)
                 self._commit(batch)
                 if stop:
@@ -86,7 +104,22 @@ class Committer:
         finally:
             self.store.close()
 
+    def _alone(self, fn: StoreCall, fut: asyncio.Future[Any]) -> None:
+        self._outside.discard(fut)
+        result: tuple[asyncio.Future[Any], Any, BaseException | None]
+        try:
+            result = (fut, fn(self.store), None)
+        except QueuectlError as exc:
+            result = (fut, None, exc)
+        except Exception as exc:
+            log.exception("store_call_failed")
+            result = (fut, None, InternalError(f"store call failed: {exc}"))
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [result]
+        self._loop.call_soon_threadsafe(_deliver, results, None)
+
     def _commit(self, batch: list[tuple[StoreCall, asyncio.Future[Any]]]) -> None:
+        if not batch:
+            return
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         after: Callable[[], None] | None = None
         try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from queuectl import timespec
 from queuectl.errors import InvalidRequest
 from queuectl.protocol import MAX_CPUS, MAX_PROCS_LIMIT, plain_number
 from queuectl.sizes import parse_size
@@ -78,6 +79,21 @@ class DaemonConfig:
     default_memory: str = ""
     default_cpus: float = 0.0
     default_max_procs: int = 0
+    # Automatic retention: finished jobs (and their logs) older than this are purged,
+    # in small batches; "" or "off" keeps them. In TOML: [retention] completed = "7d".
+    retention_completed: str = "7d"
+    retention_cancelled: str = "7d"
+    retention_dead: str = ""
+    retention_every: float = 60.0  # seconds between two retention passes
+
+    def retention(self) -> dict[str, float]:
+        """The retention in force: seconds to keep jobs, per final state that has one."""
+        out: dict[str, float] = {}
+        for state in RETENTION_STATES:
+            text = getattr(self, f"retention_{state}").strip().lower()
+            if text and text != "off":
+                out[state] = timespec.parse_duration(text)
+        return out
 
     def resolved(self) -> DaemonConfig:
         """A copy with every derived path filled in and ``~`` expanded."""
@@ -115,6 +131,16 @@ class DaemonConfig:
                 out.append((key, f"{key} must be a number of seconds, not negative"))
         if self.workers < 0:
             out.append(("workers", "workers must not be negative"))
+        for state in RETENTION_STATES:
+            key = f"retention_{state}"
+            text = getattr(self, key).strip().lower()
+            if text and text != "off":
+                try:
+                    timespec.parse_duration(text)
+                except ValueError as exc:
+                    out.append((key, f"{key}: {exc}, or 'off'"))
+        if not math.isfinite(self.retention_every) or self.retention_every < 1:
+            out.append(("retention_every", "retention_every must be at least 1 second"))
         if not 0 <= self.executors <= 256:
             out.append(("executors", "executors must be between 0 (one per CPU) and 256"))
         if self.log_max_bytes < 1024:
@@ -187,6 +213,7 @@ class DaemonConfig:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RETENTION_STATES = ("completed", "cancelled", "dead")
 LOG_FORMATS = ("json", "console")
 
 
@@ -246,6 +273,10 @@ _FIELD_TYPES: dict[str, Any] = {
     "default_memory": str,
     "default_cpus": float,
     "default_max_procs": int,
+    "retention_completed": str,
+    "retention_cancelled": str,
+    "retention_dead": str,
+    "retention_every": float,
 }
 
 
@@ -448,6 +479,12 @@ def explain_config(path: str | None, env: Mapping[str, str], flags: Mapping[str,
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([_toml_problem(config_path, exc, text)]) from None
+        # [retention] completed = "7d" is retention_completed = "7d".
+        retention = data.pop("retention", None)
+        if isinstance(retention, dict):
+            data.update({f"retention_{k}": v for k, v in retention.items()})
+        elif retention is not None:
+            data["retention"] = retention  # reported as an unknown key below
         for key, value in data.items():
             line = _line_of(text, key)
             take(key, value, f"{config_path}:{line}" if line else config_path, False)

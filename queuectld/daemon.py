@@ -44,6 +44,8 @@ from queuectld.dispatcher import Dispatcher
 from queuectld.events import EventBus
 from queuectld.follow import OutputRelay
 from queuectld.recovery import recover
+from queuectld.retention import Retention
+from queuectld.scheduler import Scheduler
 from queuectld.store import open_store
 from queuectld.supervisor import OsProcessOps, Supervisor, SupervisorEvents, default_executors
 from queuectld.systemd import (
@@ -214,6 +216,15 @@ class Daemon:
         Path(cfg.log_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.supervisor.scale(desired)
         self.dispatcher.start()
+        self.scheduler = Scheduler(
+            self.committer, self.events, self.dispatcher.wake, self.dispatcher.kill
+        )
+        self.scheduler.start()
+        # The config object is the one SIGHUP updates: the next pass reads the new values.
+        self.retention = Retention(
+            self.committer, cfg.log_dir, cfg.retention, lambda: cfg.retention_every
+        )
+        self.retention.start()
         log.info(
             "daemon_ready",
             socket=self.server.path,
@@ -284,6 +295,8 @@ class Daemon:
         log.info("drain_started", running=running, deadline=timeout)
         self._spawn(self._extend_stop_timeout(), "sd-extend-timeout")
         self.dispatcher.drain()
+        await self.scheduler.close()
+        await self.retention.close()
         if self.server is not None:
             await self.server.stop_accepting()
         while not await self.supervisor.wait_idle(self._drain_deadline - time.monotonic()):

@@ -40,7 +40,7 @@ from queuectld.execproto import JobFinished, RunJob
 from queuectld.jobs import Claim, Job
 from queuectld.recorder import Recorder
 from queuectld.recovery import rescue_expired_leases
-from queuectld.store.base import Store
+from queuectld.store.base import Finished, Settled, Store
 from queuectld.supervisor import Supervisor, SupervisorEvents
 
 log = structlog.get_logger("queuectld.dispatcher")
@@ -231,18 +231,13 @@ class Dispatcher:
         ids = [c.job.id for c in claims]
         now = time.time()
 
-        def work(store: Store) -> None:
+        def work(store: Store) -> list[Job]:
             store.release_claims(claims)
-            store.cancel_jobs(ids, now, "killed by request before it started")
+            return store.cancel_jobs(ids, now, "killed by request before it started")
 
-        await self.committer.call(work)
-        for claim in claims:
-            self.events.publish(
-                "cancelled",
-                id=claim.job.id,
-                reason="killed by request before it started",
-                owner_uid=claim.job.owner_uid,
-            )
+        cancelled = await self.committer.call(work)
+        for job in cancelled:  # the killed jobs, then the jobs that waited on them
+            self.events.cancelled(job)
         self.wake()
 
     # -- claiming -------------------------------------------------------------
@@ -322,8 +317,8 @@ class Dispatcher:
         # This cycle claims for the free slots itself: the commit hook must not too.
         self._hook_demand = 0
 
-        def work(store: Store) -> tuple[list[bool], list[Claim], float | None]:
-            recorded = store.finish_attempts(results) if results else []
+        def work(store: Store) -> tuple[Finished, list[Claim], float | None]:
+            recorded = store.finish_attempts(results) if results else Finished([], Settled())
             if give_back:
                 store.release_claims(give_back)
             claims = store.claim_due(owner, wanted, now, default_timeout, margin) if wanted else []
@@ -347,8 +342,9 @@ class Dispatcher:
             for o in outcomes:
                 await self.recorder.store_one(o)
             return
-        for o, ok in zip(outcomes, recorded, strict=True):
+        for o, ok in zip(outcomes, recorded.ok, strict=True):
             self.recorder.after_record(o, ok)
+        self.recorder.after_settled(recorded.settled)
         self._more_due = wanted > 0 and len(claims) == wanted
         now_m = time.monotonic()
         self._ready.extend(_Ready(claim, now_m) for claim in claims)
@@ -420,6 +416,9 @@ class Dispatcher:
         cwd = job.cwd or (procs.identity_of(uid).env["HOME"] if uid else self.config.home)
         # joblog.log_path without building a Path per job (log_dir is normalized)
         log_path = os.path.join(self.config.log_dir, f"job_{job.id}.txt")
+        env = {**job.env, "QUEUECTL_QUEUE": job.queue, "QUEUECTL_LOG": log_path}
+        if job.parents:
+            env.update(self._parents_env(job))
         limited = self.limits_of(job)
         how = limits.plan(limited, timeout, self.controllers) if limited else None
         run = RunJob(
@@ -432,7 +431,7 @@ class Dispatcher:
             log_path=log_path,
             log_max_bytes=self.config.log_max_bytes,
             uid=uid,
-            env={**job.env, "QUEUECTL_QUEUE": job.queue, "QUEUECTL_LOG": log_path},
+            env=env,
             cgroup=None
             if self.cgroups is None
             else attempt_path(self.cgroups, job.id, claim.attempt),
@@ -444,6 +443,18 @@ class Dispatcher:
         hung_after = timeout + self.config.kill_grace + self.config.lease_margin
         if self.supervisor.assign(claim, run, hung_after, queued) is None:
             self._ready.appendleft(_Ready(claim, time.monotonic()))
+
+    def _parents_env(self, job: Job) -> dict[str, str]:
+        """``QUEUECTL_PARENTS`` (ids, space-separated) and, for the Nth parent (from 1, in
+        the order given), ``QUEUECTL_PARENT_N_ID``, ``_STATE``, ``_EXIT`` and ``_LOG``."""
+        env = {"QUEUECTL_PARENTS": " ".join(p.id for p in job.parents)}
+        for n, parent in enumerate(job.parents, 1):
+            prefix = f"QUEUECTL_PARENT_{n}_"
+            env[prefix + "ID"] = parent.id
+            env[prefix + "STATE"] = parent.state.value
+            env[prefix + "EXIT"] = "" if parent.exit_code is None else str(parent.exit_code)
+            env[prefix + "LOG"] = os.path.join(self.config.log_dir, f"job_{parent.id}.txt")
+        return env
 
     # -- what the executors report --------------------------------------------------
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from queuectld.jobs import Job
 
 SUBSCRIBER_BACKLOG = 10_000
 
@@ -36,6 +39,21 @@ class EventBus:
                 while not q.empty():
                     q.get_nowait()
                 q.put_nowait(None)
+
+    def enqueued(self, job: Job) -> None:
+        """A job was stored (by a request or a schedule)."""
+        self.publish(
+            "enqueued",
+            id=job.id,
+            command=job.command,
+            queue=job.queue,
+            state=job.state.value,
+            owner_uid=job.owner_uid,
+        )
+
+    def cancelled(self, job: Job) -> None:
+        """A job ended ``cancelled``; its last error says why."""
+        self.publish("cancelled", id=job.id, reason=job.last_error, owner_uid=job.owner_uid)
 
     def close(self) -> None:
         for q in list(self._subscribers):

@@ -11,6 +11,8 @@ settings, the access policy), not the daemon's own wiring.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,8 +35,14 @@ from queuectl.protocol import (
     LogsArgs,
     NoArgs,
     Op,
+    PurgeArgs,
+    PurgeView,
     QueueSetArgs,
     QueueView,
+    ScheduleAddArgs,
+    ScheduleNameArgs,
+    ScheduleSetArgs,
+    ScheduleView,
     SortKey,
     StatusView,
     WaitArgs,
@@ -45,12 +53,12 @@ from queuectl.protocol import (
     WorkersView,
     signal_number,
 )
-from queuectld import __version__, joblog, limits, server
+from queuectld import __version__, joblog, limits, retention, scheduler, server
 from queuectld.cgroup import Containment
 from queuectld.config import QUEUE_SETTINGS, QueueSettings, setting_for
 from queuectld.jobs import FINAL, Job, NewJob
 from queuectld.queues import QueueLimits
-from queuectld.store.base import JobFilter, Store
+from queuectld.store.base import JobFilter, ScheduleRow, Store
 
 if TYPE_CHECKING:
     from queuectld.access import AccessPolicy
@@ -59,6 +67,7 @@ if TYPE_CHECKING:
     from queuectld.dispatcher import Dispatcher
     from queuectld.events import EventBus
     from queuectld.follow import OutputRelay
+    from queuectld.scheduler import Scheduler
     from queuectld.supervisor import Supervisor
 
 
@@ -69,6 +78,7 @@ class HandlerContext(Protocol):
     committer: Committer
     events: EventBus
     dispatcher: Dispatcher
+    scheduler: Scheduler
     supervisor: Supervisor
     access: AccessPolicy
     followers: OutputRelay  # who follows which job's output (`logs -f`)
@@ -93,27 +103,7 @@ WORKERS_SETTING = "workers"
 
 
 def _new_job(d: HandlerContext, args: EnqueueArgs, now: float) -> NewJob:
-    run_at = now + args.delay if args.delay else args.run_at
-    new = NewJob(
-        command=args.command,
-        id=args.id,
-        max_retries=args.max_retries,
-        timeout=args.timeout,
-        run_at=run_at if run_at is not None and run_at > now else None,  # the past is now
-        cwd=args.cwd,
-        owner_uid=server.caller_uid(),
-        idempotent=args.idempotent,
-        priority=args.priority,
-        queue=args.queue,
-        unique_key=args.unique_key,
-        env=dict(args.env or {}),
-        backoff_base=args.backoff_base,
-        backoff_max=args.backoff_max,
-        jitter=args.jitter,
-        memory=args.memory_bytes(),
-        cpus=args.cpus,
-        max_procs=args.max_procs,
-    )
+    new = NewJob.from_args(args, now, server.caller_uid())
     # A limit the machine cannot enforce is refused, never silently ignored.
     asked = limits.Limits(new.memory, new.cpus, new.max_procs)
     if asked:
@@ -162,14 +152,7 @@ def _enqueued(d: HandlerContext, jobs: list[Job]) -> None:
     if not jobs:
         return
     for job in jobs:
-        d.events.publish(
-            "enqueued",
-            id=job.id,
-            command=job.command,
-            queue=job.queue,
-            state=job.state.value,
-            owner_uid=job.owner_uid,
-        )
+        d.events.enqueued(job)
         if job.state is JobState.WAITING:
             d.dispatcher.wake_at(job.run_at)
     d.dispatcher.wake()
@@ -195,6 +178,10 @@ async def list_jobs(d: HandlerContext, args: ListArgs) -> dict[str, Any]:
 
     def read(s: Store) -> tuple[list[Job], int]:
         jobs = s.find_jobs(where, args.limit, args.offset)
+        children = [j.id for j in jobs if j.n_parents]
+        if children:  # what each waits on (`list --blocked`)
+            parents = s.parents_of(children)
+            jobs = [dataclasses.replace(j, parents=parents.get(j.id, ())) for j in jobs]
         if where.queue is None and where.since is None:
             counts = s.count_by_state(where.owner_uid)  # kept by triggers: no count
             return jobs, counts[where.state] if where.state else sum(counts.values())
@@ -285,9 +272,10 @@ async def cancel(d: HandlerContext, args: JobIdsArgs) -> dict[str, Any]:
     await _owned(d, ids)
     reason = "cancelled by request"
     jobs = await d.committer.call(lambda s: s.cancel_jobs(ids, time.time(), reason))
-    for job in jobs:
-        d.events.publish("cancelled", id=job.id, reason=reason, owner_uid=job.owner_uid)
-    log.info("jobs_cancelled", ids=ids, uid=server.caller_uid())
+    for job in jobs:  # the named jobs, then the dependents cancelled with them
+        d.events.cancelled(job)
+    log.info("jobs_cancelled", ids=ids, dependents=len(jobs) - len(ids), uid=server.caller_uid())
+    d.dispatcher.wake()  # a job waiting on them with after_any may run now
     return {"jobs": [_view(d, j) for j in jobs]}
 
 
@@ -381,6 +369,151 @@ async def logs(d: HandlerContext, args: LogsArgs) -> dict[str, Any]:
     return dict(chunk)
 
 
+async def purge(d: HandlerContext, args: PurgeArgs) -> PurgeView:
+    """Remove finished jobs older than ``older_than`` with their log files."""
+    d.access.require_admin(server.caller(), "purge jobs")
+    before = time.time() - args.older_than
+    done = await retention.purge(
+        d.committer, d.config.log_dir, JobState(args.state), before, args.queue, args.dry_run
+    )
+    log.info("jobs_purged", state=args.state, **done, uid=server.caller_uid())
+    return done
+
+
+async def vacuum(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
+    """Rebuild the store to its smallest size (every other store call waits)."""
+    d.access.require_admin(server.caller(), "compact the queue database")
+    path = d.config.database
+    before = _file_size(path)
+    started = time.monotonic()
+    await d.committer.call_outside(lambda s: s.compact())
+    after = _file_size(path)
+    took = time.monotonic() - started
+    log.info("store_compacted", bytes_before=before, bytes_after=after, seconds=round(took, 3))
+    return {"bytes_before": before, "bytes_after": after, "seconds": took}
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+# -- schedules --------------------------------------------------------------------
+
+
+async def _schedule_view(d: HandlerContext, name: str) -> ScheduleView:
+    def read(s: Store) -> tuple[ScheduleRow | None, Job | None]:
+        row = s.get_schedule(name)
+        last = s.get_job(row.last_job) if row is not None and row.last_job else None
+        return row, last
+
+    owner = d.access.scope(server.caller())
+    row, last = await d.committer.call(read)
+    return scheduler.view(_owned_schedule(owner, row, name), last.state.value if last else None)
+
+
+async def schedule_add(d: HandlerContext, args: ScheduleAddArgs) -> ScheduleView:
+    """Add (or with ``replace`` change) a schedule; its first tick is the next one."""
+    scheduler.check_cron(args.cron)
+    scheduler.zone(args.tz)
+    now = time.time()
+    row = ScheduleRow(
+        name=args.name,
+        cron=args.cron,
+        tz=args.tz,
+        job=json.dumps(args.job, sort_keys=True),
+        overlap=args.overlap,
+        catch_up=args.catch_up,
+        paused=False,
+        owner_uid=server.caller_uid(),
+        created_at=now,
+        next_at=scheduler.next_tick(args.cron, args.tz, now),
+    )
+
+    owner = d.access.scope(server.caller())
+
+    def put(s: Store) -> None:
+        if args.replace:
+            _owned_schedule(owner, s.get_schedule(args.name), args.name)
+        s.put_schedule(row, args.replace)
+
+    await d.committer.call(put)
+    log.info("schedule_added", name=args.name, cron=args.cron, uid=server.caller_uid())
+    d.scheduler.poke()
+    return await _schedule_view(d, args.name)
+
+
+def _owned_schedule(owner: int | None, row: ScheduleRow | None, name: str) -> ScheduleRow:
+    """The schedule, if it exists and belongs to ``owner`` (None: the caller sees all).
+
+    ``owner`` is worked out on the event loop: the caller is not known on the store thread.
+    """
+    if row is None or (owner is not None and row.owner_uid != owner):
+        raise NotFound(f"no schedule named {name!r}; `queuectl schedule list` shows them")
+    return row
+
+
+async def schedule_list(d: HandlerContext, args: NoArgs) -> list[ScheduleView]:
+    owner = d.access.scope(server.caller())
+
+    def read(s: Store) -> tuple[list[ScheduleRow], dict[str, Job]]:
+        rows = [r for r in s.schedules() if owner is None or r.owner_uid == owner]
+        return rows, s.get_jobs([r.last_job for r in rows if r.last_job])
+
+    rows, last = await d.committer.call(read)
+    return [
+        scheduler.view(r, last[r.last_job].state.value if r.last_job in last else None)
+        for r in rows
+    ]
+
+
+async def schedule_get(d: HandlerContext, args: ScheduleNameArgs) -> ScheduleView:
+    return await _schedule_view(d, args.name)
+
+
+async def schedule_set(d: HandlerContext, args: ScheduleSetArgs) -> ScheduleView:
+    """Pause or resume: a resumed schedule goes on from its next tick (none is caught up)."""
+
+    owner = d.access.scope(server.caller())
+
+    def change(s: Store) -> None:
+        row = _owned_schedule(owner, s.get_schedule(args.name), args.name)
+        next_at = row.next_at
+        if not args.paused and row.paused:
+            next_at = scheduler.next_tick(row.cron, row.tz, time.time())
+        s.set_schedule_paused(args.name, args.paused, next_at)
+
+    await d.committer.call(change)
+    log.info("schedule_paused" if args.paused else "schedule_resumed", name=args.name)
+    d.scheduler.poke()
+    return await _schedule_view(d, args.name)
+
+
+async def schedule_remove(d: HandlerContext, args: ScheduleNameArgs) -> dict[str, Any]:
+    """Remove a schedule; the jobs it made stay."""
+
+    owner = d.access.scope(server.caller())
+
+    def remove(s: Store) -> None:
+        _owned_schedule(owner, s.get_schedule(args.name), args.name)
+        s.delete_schedule(args.name)
+
+    await d.committer.call(remove)
+    log.info("schedule_removed", name=args.name, uid=server.caller_uid())
+    d.scheduler.poke()
+    return {"removed": args.name}
+
+
+async def schedule_run(d: HandlerContext, args: ScheduleNameArgs) -> JobView:
+    """Make one job of the schedule now (its ticks are not changed)."""
+    owner = d.access.scope(server.caller())
+    row = await d.committer.call(lambda s: s.get_schedule(args.name))
+    job = await d.scheduler.run_now(_owned_schedule(owner, row, args.name))
+    return _view(d, job)
+
+
 def _setting_view(d: HandlerContext, key: str) -> dict[str, Any]:
     setting = QUEUE_SETTINGS[key]
     return {"key": key, "value": d.settings[key], "default": setting.default, "help": setting.help}
@@ -429,7 +562,8 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
     owner = d.access.scope(server.caller())
 
     def look(store: Store) -> dict[str, Any] | None:
-        """The idle event, or None while a job runs, is due, or waits for a retry.
+        """The idle event, or None while a job runs, is due, waits for a retry or for its
+        parents.
 
         Jobs waiting for a later time (``--delay``, ``--at``) do not hold the watch:
         the event says how many wait and, for a watcher who sees every job, when the
@@ -437,7 +571,8 @@ async def watch(d: HandlerContext, args: WatchArgs) -> AsyncIterator[dict[str, A
         say, is what a follower waits to see).
         """
         counts = store.count_by_state(owner)
-        if counts[JobState.PROCESSING] or counts[JobState.PENDING] or counts[JobState.FAILED]:
+        busy = (JobState.PROCESSING, JobState.PENDING, JobState.FAILED, JobState.BLOCKED)
+        if any(counts[state] for state in busy):  # blocked: part of a pipeline under way
             return None
         scheduled = counts[JobState.WAITING]
         # next_timed_at covers every owner's jobs: only a watcher who sees them all gets it.
@@ -657,6 +792,14 @@ HANDLERS: dict[Op, Handler] = {
     Op.CANCEL: cancel,
     Op.KILL: kill,
     Op.RETRY: retry,
+    Op.PURGE: purge,
+    Op.VACUUM: vacuum,
+    Op.SCHEDULE_ADD: schedule_add,
+    Op.SCHEDULE_LIST: schedule_list,
+    Op.SCHEDULE_GET: schedule_get,
+    Op.SCHEDULE_SET: schedule_set,
+    Op.SCHEDULE_REMOVE: schedule_remove,
+    Op.SCHEDULE_RUN: schedule_run,
     Op.QUEUE_LIST: queue_list,
     Op.QUEUE_SET: queue_set,
     Op.LOGS: logs,

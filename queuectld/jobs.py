@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from queuectl.protocol import DEFAULT_QUEUE, AttemptView, JobState, JobView
+from queuectl.protocol import (
+    DEFAULT_QUEUE,
+    FINAL_STATES,
+    AttemptView,
+    EnqueueArgs,
+    JobState,
+    JobView,
+    ParentView,
+)
 from queuectld.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -14,9 +24,13 @@ if TYPE_CHECKING:
 # Which state may follow which; the store refuses anything else.
 # A job whose time has come (``waiting`` for its delay, ``failed`` for its retry) is
 # made ``pending`` by the claim that finds it due; only ``pending`` jobs are claimed.
+# A job with parents is ``blocked`` until they settle it (in the transaction that
+# stores the last parent's outcome): ``pending`` (``waiting`` if its time is still to
+# come), or ``cancelled`` when a parent it needed completed ended dead or cancelled.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.PROCESSING, JobState.CANCELLED}),
     JobState.WAITING: frozenset({JobState.PENDING, JobState.CANCELLED}),
+    JobState.BLOCKED: frozenset({JobState.PENDING, JobState.WAITING, JobState.CANCELLED}),
     JobState.FAILED: frozenset({JobState.PENDING, JobState.CANCELLED}),
     JobState.PROCESSING: frozenset(
         {
@@ -27,18 +41,29 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.CANCELLED,
         }
     ),
-    # `retry` runs a finished job again, keeping its history.
-    JobState.DEAD: frozenset({JobState.PENDING}),
-    JobState.COMPLETED: frozenset({JobState.PENDING}),
-    JobState.CANCELLED: frozenset({JobState.PENDING}),
+    # `retry` runs a finished job again, keeping its history (blocked again when it has
+    # parents that are not done).
+    JobState.DEAD: frozenset({JobState.PENDING, JobState.BLOCKED}),
+    JobState.COMPLETED: frozenset({JobState.PENDING, JobState.BLOCKED}),
+    JobState.CANCELLED: frozenset({JobState.PENDING, JobState.BLOCKED}),
 }
 
 # States in which a job still has work ahead of it.
-ACTIVE = (JobState.PENDING, JobState.WAITING, JobState.PROCESSING, JobState.FAILED)
+ACTIVE = (
+    JobState.PENDING,
+    JobState.WAITING,
+    JobState.BLOCKED,
+    JobState.PROCESSING,
+    JobState.FAILED,
+)
 # States a job never leaves by itself (`wait` and `logs -f` end there).
 FINAL = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
 # States `cancel` may end (not started yet); `kill` ends a `processing` one.
-CANCELLABLE = (JobState.PENDING, JobState.WAITING, JobState.FAILED)
+CANCELLABLE = (JobState.PENDING, JobState.WAITING, JobState.BLOCKED, JobState.FAILED)
+# States that cancel a child waiting on the parent with `after` (not `after_any`).
+FAILED_PARENT = (JobState.DEAD, JobState.CANCELLED)
+# The state an `after` parent must reach (`after_any`: any of FINAL_STATES).
+DONE = (JobState.COMPLETED,)
 # States `retry` may start again: the final ones.
 RETRYABLE = FINAL
 
@@ -46,6 +71,49 @@ RETRYABLE = FINAL
 def can_transition(old: JobState, new: JobState) -> bool:
     """True if a job may go from ``old`` to ``new``."""
     return new in TRANSITIONS[old]
+
+
+class Verdict(enum.Enum):
+    """What a blocked job's parents say about it."""
+
+    WAIT = "wait"  # a parent is not done yet
+    READY = "ready"  # every parent is done as it had to be
+    CANCEL = "cancel"  # a parent it needed completed ended dead or cancelled
+
+
+def dependency_verdict(parents: Sequence[Parent]) -> tuple[Verdict, str | None]:
+    """The verdict on a blocked job with these parents, and the reason for a cancel."""
+    for parent in parents:
+        if not parent.any_outcome and parent.state in FAILED_PARENT:
+            return Verdict.CANCEL, f"parent job {parent.id!r} ended {parent.state.value}"
+    for parent in parents:
+        done = parent.state in FINAL_STATES if parent.any_outcome else parent.state in DONE
+        if not done:
+            return Verdict.WAIT, None
+    return Verdict.READY, None
+
+
+def find_cycle(parents: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """A cycle in the graph of job -> its parents (``[a, b, a]``), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: explored
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for parent in parents.get(node, ()):
+            if state.get(parent) == 1:
+                return [*path[path.index(parent) :], parent]
+            if parent not in state and (found := visit(parent)) is not None:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in parents:
+        if node not in state and (found := visit(node)) is not None:
+            return found
+    return None
 
 
 @dataclass(frozen=True)
@@ -70,6 +138,65 @@ class NewJob:
     memory: int | None = None  # limits (None: the daemon's defaults, if any)
     cpus: float | None = None
     max_procs: int | None = None
+    after: tuple[str, ...] = ()  # parents that must complete
+    after_any: tuple[str, ...] = ()  # parents that must only be final
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        return (*self.after, *self.after_any)
+
+    @classmethod
+    def from_args(
+        cls,
+        args: EnqueueArgs,
+        now: float,
+        owner_uid: int | None,
+        *,
+        job_id: str | None = None,
+        after_any: tuple[str, ...] = (),
+    ) -> NewJob:
+        """The job an enqueue request asks for (``job_id``, ``after_any``: a schedule's)."""
+        run_at = now + args.delay if args.delay else args.run_at
+        return cls(
+            command=args.command,
+            id=job_id or args.id,
+            max_retries=args.max_retries,
+            timeout=args.timeout,
+            run_at=run_at if run_at is not None and run_at > now else None,  # the past is now
+            cwd=args.cwd,
+            owner_uid=owner_uid,
+            idempotent=args.idempotent,
+            priority=args.priority,
+            queue=args.queue,
+            unique_key=args.unique_key,
+            env=dict(args.env or {}),
+            backoff_base=args.backoff_base,
+            backoff_max=args.backoff_max,
+            jitter=args.jitter,
+            memory=args.memory_bytes(),
+            cpus=args.cpus,
+            max_procs=args.max_procs,
+            after=tuple(args.after or ()),
+            after_any=tuple(args.after_any or ()) + after_any,
+        )
+
+
+@dataclass(frozen=True)
+class Parent:
+    """One of a job's parents, as the child sees it."""
+
+    id: str
+    state: JobState
+    exit_code: int | None
+    any_outcome: bool  # `after_any`: any final state lets the child run
+
+    def view(self) -> ParentView:
+        return ParentView(
+            id=self.id,
+            state=self.state.value,
+            exit_code=self.exit_code,
+            any_outcome=self.any_outcome,
+        )
 
 
 @dataclass(frozen=True)
@@ -134,6 +261,9 @@ class Job:
     cpus: float | None = None
     max_procs: int | None = None
     history: tuple[Attempt, ...] = field(default=())
+    n_parents: int = 0  # how many parents it has (loaded below only where needed)
+    parents: tuple[Parent, ...] = field(default=())
+    children: tuple[str, ...] = field(default=())
 
     def policy(self, settings: QueueSettings) -> RetryPolicy:
         """The retry policy of this job: its own values over the queue settings."""
@@ -175,6 +305,8 @@ class Job:
             cpus=self.cpus,
             max_procs=self.max_procs,
             history=[a.view() for a in self.history],
+            parents=[p.view() for p in self.parents],
+            children=list(self.children),
         )
 
 

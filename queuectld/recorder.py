@@ -27,6 +27,7 @@ from queuectld.config import QueueSettings
 from queuectld.events import EventBus
 from queuectld.jobs import AttemptResult, Claim
 from queuectld.retry import next_step
+from queuectld.store.base import Settled
 
 log = structlog.get_logger("queuectld.recorder")
 
@@ -125,7 +126,7 @@ class Recorder:
         """Record one outcome now, in its own store call."""
         result = o.result
         try:
-            recorded = await self._committer.call(lambda s: s.finish_attempts([result])[0])
+            finished = await self._committer.call(lambda s: s.finish_attempts([result]))
         except QueuectlError as exc:
             # The job keeps its lease; the safety tick records the result later.
             log.error(
@@ -137,17 +138,19 @@ class Recorder:
             )
             self._unrecorded.append(result)
             return
-        self.after_record(o, recorded)
+        self.after_record(o, finished.ok[0])
+        self.after_settled(finished.settled)
 
     async def retry_unrecorded(self) -> None:
         pending, self._unrecorded = self._unrecorded, []
         if not pending:
             return
         try:
-            await self._committer.call(lambda s: s.finish_attempts(pending))
+            finished = await self._committer.call(lambda s: s.finish_attempts(pending))
         except QueuectlError:
             self._unrecorded += pending
         else:
+            self.after_settled(finished.settled)
             self._wake()
 
     def after_record(self, o: PendingOutcome, recorded: bool) -> None:
@@ -165,6 +168,20 @@ class Recorder:
         if result.next_state is JobState.FAILED:
             self._wake_at(result.run_at)
         elif result.next_state is JobState.PENDING:
+            self._wake()
+
+    def after_settled(self, settled: Settled) -> None:
+        """Announce the jobs that the recorded outcomes unblocked or cancelled."""
+        for job in settled.cancelled:
+            self._events.cancelled(job)
+            log.warning("job_cancelled", job_id=job.id, reason=job.last_error)
+        for job in settled.unblocked:
+            self._events.publish(
+                "unblocked", id=job.id, state=job.state.value, owner_uid=job.owner_uid
+            )
+            if job.state is JobState.WAITING:
+                self._wake_at(job.run_at)
+        if settled.unblocked:
             self._wake()
 
     def _announce(self, o: PendingOutcome) -> None:

@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import abc
 import collections
+import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from queuectl.errors import Conflict, NotFound
-from queuectl.protocol import JobState, SortKey
+from queuectl.errors import Conflict, InvalidRequest, NotFound
+from queuectl.protocol import FINAL_STATES, JobState, SortKey
 from queuectld import queues
-from queuectld.jobs import CANCELLABLE, RETRYABLE, AttemptResult, Claim, Job, NewJob
+from queuectld.jobs import (
+    CANCELLABLE,
+    RETRYABLE,
+    AttemptResult,
+    Claim,
+    Job,
+    NewJob,
+    Parent,
+    Verdict,
+    dependency_verdict,
+    find_cycle,
+)
 from queuectld.queues import QueueLimits
 
 
@@ -38,6 +50,54 @@ class Inserted:
 
     jobs: list[Job]
     existing: list[bool]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Blocked jobs that the end of their parents decided: ready (``pending``, or
+    ``waiting`` for their own time) or ``cancelled`` (transitively)."""
+
+    unblocked: list[Job] = field(default_factory=list)
+    cancelled: list[Job] = field(default_factory=list)
+
+    def __add__(self, other: Settled) -> Settled:
+        return Settled(self.unblocked + other.unblocked, self.cancelled + other.cancelled)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What :meth:`Store.finish_attempts` did: which results it recorded, and what their
+    jobs' ends decided for the jobs waiting on them."""
+
+    ok: list[bool]
+    settled: Settled
+
+
+@dataclass(frozen=True)
+class Purged:
+    """Jobs :meth:`Store.purge_jobs` removed (or would remove), and where it stopped."""
+
+    ids: list[str]
+    after_at: float  # the (updated_at, seq) position to go on from
+    after_seq: int
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    """One stored schedule (see :mod:`queuectld.scheduler`)."""
+
+    name: str
+    cron: str
+    tz: str
+    job: str  # JSON of the enqueue request each tick makes
+    overlap: str
+    catch_up: str
+    paused: bool
+    owner_uid: int | None
+    created_at: float
+    next_at: float
+    last_at: float | None = None
+    last_job: str | None = None
 
 
 class Store(abc.ABC):
@@ -65,23 +125,29 @@ class Store(abc.ABC):
 
     # -- jobs -----------------------------------------------------------------
 
-    @abc.abstractmethod
     def insert_jobs(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
         """Add jobs as ``pending`` (``waiting`` when their ``run_at`` is after ``now``);
         ids are generated where missing.
 
-        A job whose ``unique_key`` an unfinished job (pending, waiting, processing,
-        failed) already holds, in the store or earlier in ``jobs``, is not stored: that
-        job is returned in its place (see :meth:`insert_unique`). Raises ``Conflict``
-        naming the first id that already exists (or repeats in ``jobs``); then nothing of
-        the call is kept.
+        A job with parents (``after``, ``after_any``: ids in the store, or of jobs
+        earlier or later in ``jobs``) is ``blocked`` until they are done, and settled at
+        once when they already are (:meth:`settle`). A parent that does not exist raises
+        ``NotFound``, parents that wait on each other raise ``InvalidRequest``.
+
+        A job whose ``unique_key`` an unfinished job (pending, waiting, blocked,
+        processing, failed) already holds, in the store or earlier in ``jobs``, is not
+        stored: that job is returned in its place (see :meth:`insert_unique`). Raises
+        ``Conflict`` naming the first id that already exists (or repeats in ``jobs``).
+        Whatever it raises, nothing of the call is kept.
         """
+        return self.insert_unique(jobs, now).jobs
 
     def insert_unique(self, jobs: Sequence[NewJob], now: float) -> Inserted:
         """:meth:`insert_jobs`, saying which of the returned jobs were already there."""
+        self._check_parents(jobs)
         keys = [new.unique_key for new in jobs if new.unique_key is not None]
         before = {job.unique_key: job.id for job in self.unfinished_with_keys(keys)}
-        out = self.insert_jobs(jobs, now)
+        out = self.add_jobs(jobs, now)
         seen: set[str] = set()
         existing = []
         for new in jobs:
@@ -89,7 +155,97 @@ class Store(abc.ABC):
             existing.append(key is not None and (key in before or key in seen))
             if key is not None:
                 seen.add(key)
+        children = [
+            (job.id, new)
+            for job, new, old in zip(out, jobs, existing, strict=True)
+            if new.parents and not old
+        ]
+        if children:
+            self.add_dependencies(children)
+            ids = [job_id for job_id, _ in children]
+            self.settle(ids, now)
+            fresh, parents = self.get_jobs(ids), self.parents_of(ids)
+            out = [
+                dataclasses.replace(fresh[job.id], parents=parents.get(job.id, ()))
+                if job.id in fresh
+                else job
+                for job in out
+            ]
         return Inserted(out, existing)
+
+    def _check_parents(self, jobs: Sequence[NewJob]) -> None:
+        """Refuse parents that do not exist and parents that wait on each other."""
+        in_batch = {new.id: new.parents for new in jobs if new.id is not None}
+        named = {p for new in jobs for p in new.parents if p not in in_batch}
+        known = self.get_jobs(sorted(named)) if named else {}
+        for i, new in enumerate(jobs, 1):
+            for parent in new.parents:
+                if parent not in in_batch and parent not in known:
+                    who = f"job {new.id!r}" if new.id else f"job {i}"
+                    raise NotFound(
+                        f"{who} waits on job {parent!r}, which does not exist; "
+                        "enqueue the parent first (or earlier in the same request)"
+                    )
+        cycle = find_cycle(in_batch)
+        if cycle is not None:
+            raise InvalidRequest(
+                f"jobs {' -> '.join(repr(j) for j in cycle)} wait on each other; "
+                "none of them could ever run"
+            )
+
+    @abc.abstractmethod
+    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
+        """The rows of :meth:`insert_jobs` (jobs with parents ``blocked``, ``n_parents``
+        set), without their dependencies."""
+
+    @abc.abstractmethod
+    def add_dependencies(self, children: Sequence[tuple[str, NewJob]]) -> None:
+        """Store the parents of each (stored child id, its request) pair, in order."""
+
+    @abc.abstractmethod
+    def parents_of(self, ids: Sequence[str]) -> dict[str, tuple[Parent, ...]]:
+        """The parents of each of these jobs that has any, in the order given."""
+
+    @abc.abstractmethod
+    def children_of(self, job_id: str) -> list[str]:
+        """The ids of the jobs waiting on (or that waited on) ``job_id``."""
+
+    @abc.abstractmethod
+    def blocked_children(self, ids: Sequence[str]) -> list[str]:
+        """The ``blocked`` children of these jobs."""
+
+    @abc.abstractmethod
+    def unblock_jobs(self, ids: Sequence[str], now: float) -> list[Job]:
+        """Make these ``blocked`` jobs ``pending`` (``waiting`` if their ``run_at`` is
+        after ``now``); the jobs changed."""
+
+    @abc.abstractmethod
+    def block_jobs(self, ids: Sequence[str]) -> list[str]:
+        """Make these ``pending`` jobs that have parents ``blocked``; their ids."""
+
+    def settle(self, ids: Sequence[str], now: float) -> Settled:
+        """Decide blocked jobs by their parents' states (``jobs.dependency_verdict``):
+        unblock the ready ones, cancel with the reason the ones a failed parent dooms, and
+        so on down to their own children."""
+        parents = self.parents_of(ids)
+        ready: list[str] = []
+        doomed: dict[str, list[str]] = {}
+        for job_id in ids:
+            verdict, reason = dependency_verdict(parents.get(job_id, ()))
+            if verdict is Verdict.READY:
+                ready.append(job_id)
+            elif verdict is Verdict.CANCEL and reason is not None:
+                doomed.setdefault(reason, []).append(job_id)
+        out = Settled(self.unblock_jobs(ready, now) if ready else [], [])
+        for reason, group in doomed.items():
+            cancelled = self.mark_cancelled(group, now, reason)
+            out += Settled([], cancelled) + self.settle_children([j.id for j in cancelled], now)
+        return out
+
+    def settle_children(self, ids: Sequence[str], now: float) -> Settled:
+        """After these jobs became final: settle the blocked jobs that wait on them."""
+        children = self.blocked_children(ids) if ids else []
+        return self.settle(children, now) if children else Settled()
 
     @abc.abstractmethod
     def unfinished_with_keys(self, keys: Sequence[str]) -> list[Job]:
@@ -156,6 +312,15 @@ class Store(abc.ABC):
             queue = limits.get(name)
             if queue is not None and queue.rate_count is not None:
                 self.set_tokens(name, queue.tokens_now(now) - n, now)
+        children = [c.job.id for c in claims if c.job.n_parents]
+        if children:  # what the job's environment says about its parents
+            parents = self.parents_of(children)
+            claims = [
+                dataclasses.replace(c, job=dataclasses.replace(c.job, parents=parents[c.job.id]))
+                if c.job.id in parents
+                else c
+                for c in claims
+            ]
         return claims
 
     @abc.abstractmethod
@@ -203,9 +368,10 @@ class Store(abc.ABC):
     def set_tokens(self, name: str, tokens: float, now: float) -> None:
         """Record a rate-limited queue's bucket as holding ``tokens`` at ``now``."""
 
-    @abc.abstractmethod
-    def finish_attempts(self, results: Sequence[AttemptResult]) -> list[bool]:
-        """Record the end of several attempts and move each job to its ``next_state``.
+    def finish_attempts(self, results: Sequence[AttemptResult]) -> Finished:
+        """Record the end of several attempts and move each job to its ``next_state``;
+        then settle the blocked jobs waiting on the jobs that became final, in the same
+        transaction (:meth:`settle_children`).
 
         A ``next_state`` that :data:`~queuectld.jobs.TRANSITIONS` does not allow after
         ``processing`` is a programming error: it raises and changes nothing.
@@ -213,13 +379,25 @@ class Store(abc.ABC):
         For each result, ``False`` (and nothing changed for it) when the job no longer
         holds ``result.lease_token`` (its lease was taken back): a late result is
         refused, so an attempt is never recorded twice. A ``started_at`` of ``None``
-        keeps the start recorded when the attempt was claimed. The cost is a constant
-        number of statements, however many results there are.
+        keeps the start recorded when the attempt was claimed. Without children to
+        settle, the cost is a constant number of statements, however many results.
         """
+        ok = self.record_attempts(results)
+        final = [
+            r.job_id
+            for r, done in zip(results, ok, strict=True)
+            if done and r.next_state in FINAL_STATES
+        ]
+        now = max((r.finished_at for r in results), default=0.0)
+        return Finished(ok, self.settle_children(final, now))
+
+    @abc.abstractmethod
+    def record_attempts(self, results: Sequence[AttemptResult]) -> list[bool]:
+        """The updates of :meth:`finish_attempts`, before any child is settled."""
 
     def finish_attempt(self, result: AttemptResult) -> bool:
         """:meth:`finish_attempts` for one result."""
-        return self.finish_attempts([result])[0]
+        return self.finish_attempts([result]).ok[0]
 
     @abc.abstractmethod
     def release_claims(self, claims: Sequence[Claim]) -> list[bool]:
@@ -257,21 +435,38 @@ class Store(abc.ABC):
         unique key now; then nothing changed.
         """
         self._require_states(ids, states, "retried")
-        return self.restart_jobs(ids, now, states)
+        jobs = self.restart_jobs(ids, now, states)
+        blocked = self.block_jobs([j.id for j in jobs if j.n_parents])
+        if blocked:
+            # A retried child waits for its parents again; one whose parent failed and
+            # is not retried with it would only be cancelled again: refused.
+            settled = self.settle(blocked, now)
+            if settled.cancelled:
+                job = settled.cancelled[0]
+                raise Conflict(
+                    f"job {job.id!r} cannot run again: its {job.last_error}; retry the "
+                    "parent first, or with it"
+                )
+            fresh = self.get_jobs(ids)
+            jobs = [fresh.get(j.id, j) for j in jobs]
+        return jobs
 
     @abc.abstractmethod
     def restart_jobs(self, ids: Sequence[str], now: float, states: Sequence[JobState]) -> list[Job]:
         """The update of :meth:`retry_jobs`, for ids known to be in ``states``."""
 
     def cancel_jobs(self, ids: Sequence[str], now: float, reason: str) -> list[Job]:
-        """End jobs that have not started (pending, waiting, failed) as ``cancelled``,
-        with ``reason`` as their last error.
+        """End jobs that have not started (pending, waiting, blocked, failed) as
+        ``cancelled``, with ``reason`` as their last error; the jobs waiting on them are
+        settled (:meth:`settle_children`). Returns the cancelled jobs, those named first,
+        then their dependents cancelled with them (each with its own reason).
 
         All or nothing: raises ``NotFound`` for an unknown id and ``Conflict`` naming
         the state of a job that cannot be cancelled; then nothing changed.
         """
         self._require_states(ids, CANCELLABLE, "cancelled")
-        return self.mark_cancelled(ids, now, reason)
+        cancelled = self.mark_cancelled(ids, now, reason)
+        return cancelled + self.settle_children(ids, now).cancelled
 
     @abc.abstractmethod
     def mark_cancelled(self, ids: Sequence[str], now: float, reason: str) -> list[Job]:
@@ -285,6 +480,71 @@ class Store(abc.ABC):
                 raise NotFound(f"no job with id {job_id!r}")
             if job.state not in states:
                 raise Conflict(wrong_state(job, states, verb))
+
+    # -- retention ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def purge_jobs(
+        self,
+        state: JobState,
+        before: float,
+        queue: str | None,
+        limit: int,
+        after: tuple[float, int] = (float("-inf"), -1),
+        dry_run: bool = False,
+    ) -> Purged:
+        """Delete (or with ``dry_run`` only find) up to ``limit`` jobs in ``state`` (a
+        final one) last changed before ``before``, of ``queue`` or all, oldest first,
+        starting after the position ``after``, with their attempts and dependency rows.
+
+        A job that an unfinished job waits on is kept. Uses an index on
+        (state, updated_at): each batch costs the same, however many jobs there are.
+        """
+
+    @abc.abstractmethod
+    def release_space(self) -> None:
+        """Give the file's free pages back to the file system where the store can do
+        so inside a transaction (SQLite: ``incremental_vacuum``); else nothing."""
+
+    @abc.abstractmethod
+    def compact(self) -> None:
+        """Rebuild the store to its smallest size. Runs outside any transaction (the
+        only such method); may take a while and block every other store call."""
+
+    # -- schedules --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def schedules(self) -> list[ScheduleRow]:
+        """Every schedule, by name."""
+
+    @abc.abstractmethod
+    def get_schedule(self, name: str) -> ScheduleRow | None:
+        """One schedule; ``None`` if unknown."""
+
+    @abc.abstractmethod
+    def put_schedule(self, row: ScheduleRow, replace: bool) -> None:
+        """Add a schedule; with ``replace``, change the one of that name (its history
+        stays). Raises ``Conflict`` if it exists and not ``replace``, ``NotFound`` if it
+        does not and ``replace``."""
+
+    @abc.abstractmethod
+    def delete_schedule(self, name: str) -> bool:
+        """Remove a schedule (its jobs stay); False if there was none."""
+
+    @abc.abstractmethod
+    def set_schedule_paused(self, name: str, paused: bool, next_at: float) -> bool:
+        """Pause or resume a schedule, with the next tick it handles; False if unknown."""
+
+    @abc.abstractmethod
+    def schedule_progress(
+        self, name: str, next_at: float, last_at: float | None, last_job: str | None
+    ) -> None:
+        """Record that a schedule handled its ticks up to ``next_at`` (exclusive); a
+        tick that made a job sets ``last_at``/``last_job`` (``None`` keeps them)."""
+
+    @abc.abstractmethod
+    def next_schedule_at(self) -> float | None:
+        """The earliest ``next_at`` of a schedule that is not paused."""
 
     # -- settings -------------------------------------------------------------
 

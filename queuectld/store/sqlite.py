@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -11,13 +12,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from queuectl.errors import Conflict, InternalError, QueuectlError, StorageFull
+from queuectl.errors import Conflict, InternalError, NotFound, QueuectlError, StorageFull
 from queuectl.protocol import JobState, SortKey
-from queuectld.jobs import Attempt, AttemptResult, Claim, Job, NewJob, can_transition
+from queuectld.jobs import (
+    Attempt,
+    AttemptResult,
+    Claim,
+    Job,
+    NewJob,
+    Parent,
+    can_transition,
+)
 from queuectld.queues import QueueLimits
-from queuectld.store.base import JobFilter, Store
+from queuectld.store.base import JobFilter, Purged, ScheduleRow, Store
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -41,7 +50,7 @@ _SQL = resources.files("queuectld.store") / "sql"
 Q = load_queries((_SQL / "queries.sql").read_text())
 SCHEMA = (_SQL / "schema.sql").read_text()
 # Scripts that bring a database of version N-1 to N (before SCHEMA adds what is new).
-MIGRATIONS = {v: (_SQL / f"migrate_{v}.sql").read_text() for v in (2, 3)}
+MIGRATIONS = {v: (_SQL / f"migrate_{v}.sql").read_text() for v in (2, 3, 4)}
 
 
 def _wrap(exc: sqlite3.Error) -> QueuectlError:
@@ -85,6 +94,24 @@ def _job(row: sqlite3.Row, history: tuple[Attempt, ...] = ()) -> Job:
         cpus=row["cpus"],
         max_procs=row["max_procs"],
         history=history,
+        n_parents=row["n_parents"],
+    )
+
+
+def _schedule(row: sqlite3.Row) -> ScheduleRow:
+    return ScheduleRow(
+        name=row["name"],
+        cron=row["cron"],
+        tz=row["tz"],
+        job=row["job"],
+        overlap=row["overlap"],
+        catch_up=row["catch_up"],
+        paused=bool(row["paused"]),
+        owner_uid=row["owner_uid"],
+        created_at=row["created_at"],
+        next_at=row["next_at"],
+        last_at=row["last_at"],
+        last_job=row["last_job"],
     )
 
 
@@ -120,6 +147,9 @@ class SQLiteStore(Store):
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (group commit).
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
+            # First: it takes effect only in a new, empty database (an old one converts at
+            # `vacuum`). Pages freed by purges can then be given back (release_space).
+            db.execute(Q["set_auto_vacuum_incremental"])
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is synced at every commit, so an acknowledged enqueue survives
             # power loss. Group commit keeps this cheap.
@@ -258,7 +288,7 @@ class SQLiteStore(Store):
             self._run("set_meta", {"key": "next_job_number", "value": str(number)})
         return ids
 
-    def insert_jobs(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
+    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
         keys = [new.unique_key for new in jobs if new.unique_key is not None]
         holders = {j.unique_key: j for j in self.unfinished_with_keys(keys)}
         fresh = [new for new in jobs if new.unique_key is None or new.unique_key not in holders]
@@ -270,10 +300,11 @@ class SQLiteStore(Store):
                 out.append(holders[new.unique_key])  # already there: stored once
                 continue
             run_at = float(now if new.run_at is None else new.run_at)
+            state = JobState.WAITING if run_at > now else JobState.PENDING
             job = Job(
                 id=next(ids),
                 command=new.command,
-                state=JobState.WAITING if run_at > now else JobState.PENDING,
+                state=JobState.BLOCKED if new.parents else state,
                 attempts=0,
                 interruptions=0,
                 max_retries=None if new.max_retries is None else int(new.max_retries),
@@ -294,6 +325,7 @@ class SQLiteStore(Store):
                 memory=new.memory,
                 cpus=new.cpus,
                 max_procs=new.max_procs,
+                n_parents=len(new.parents),
             )
             if job.unique_key is not None:
                 holders[job.unique_key] = job  # a later line with the key gets this job
@@ -320,6 +352,7 @@ class SQLiteStore(Store):
                     "max_procs": job.max_procs,
                     "now": now,
                     "run_at": job.run_at,
+                    "n_parents": job.n_parents,
                 }
             )
         try:
@@ -345,6 +378,44 @@ class SQLiteStore(Store):
         """executemany without the error wrapping (the caller names integrity errors)."""
         if rows:
             self.db.executemany(Q[name], rows)
+
+    def add_dependencies(self, children: Sequence[tuple[str, NewJob]]) -> None:
+        rows = [
+            {"child": child, "parent": parent, "pos": pos, "any_outcome": int(any_outcome)}
+            for child, new in children
+            for pos, (parent, any_outcome) in enumerate(
+                [(p, False) for p in new.after] + [(p, True) for p in new.after_any]
+            )
+        ]
+        self._run_many("insert_dependency", rows)
+
+    def parents_of(self, ids: Sequence[str]) -> dict[str, tuple[Parent, ...]]:
+        out: dict[str, list[Parent]] = {}
+        for r in self._run("parents_of", {"ids": json.dumps(list(ids))}):
+            out.setdefault(r["child"], []).append(
+                Parent(
+                    id=r["id"],
+                    state=JobState(r["state"]),
+                    exit_code=r["last_exit_code"],
+                    any_outcome=bool(r["any_outcome"]),
+                )
+            )
+        return {child: tuple(parents) for child, parents in out.items()}
+
+    def children_of(self, job_id: str) -> list[str]:
+        return [r["id"] for r in self._run("children_of", {"id": job_id})]
+
+    def blocked_children(self, ids: Sequence[str]) -> list[str]:
+        return [r["id"] for r in self._run("blocked_children", {"ids": json.dumps(list(ids))})]
+
+    def unblock_jobs(self, ids: Sequence[str], now: float) -> list[Job]:
+        params = {"ids": json.dumps(list(ids)), "now": now}
+        return [_job(r) for r in self._run("unblock_jobs", params)]
+
+    def block_jobs(self, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        return [r["id"] for r in self._run("block_jobs", {"ids": json.dumps(list(ids))})]
 
     def unfinished_with_keys(self, keys: Sequence[str]) -> list[Job]:
         if not keys:
@@ -375,6 +446,9 @@ class SQLiteStore(Store):
                 )
                 for a in self._run("get_attempts", {"seq": row["seq"]})
             )
+            parents = self.parents_of([job_id]).get(job_id, ())
+            children = tuple(self.children_of(job_id))
+            return dataclasses.replace(_job(row, history), parents=parents, children=children)
         return _job(row, history)
 
     def find_jobs(self, where: JobFilter, limit: int, offset: int) -> list[Job]:
@@ -481,7 +555,7 @@ class SQLiteStore(Store):
         rows = self._run("leases_of", {"ids": json.dumps(list(ids))}).fetchall()
         return {r["id"]: r for r in rows}
 
-    def finish_attempts(self, results: Sequence[AttemptResult]) -> list[bool]:
+    def record_attempts(self, results: Sequence[AttemptResult]) -> list[bool]:
         for result in results:
             if not can_transition(JobState.PROCESSING, result.next_state):
                 raise InternalError(
@@ -597,6 +671,96 @@ class SQLiteStore(Store):
     def mark_cancelled(self, ids: Sequence[str], now: float, reason: str) -> list[Job]:
         params = {"ids": json.dumps(list(ids)), "now": now, "reason": reason}
         return [_job(r) for r in self._run("cancel_jobs", params)]
+
+    # -- retention ------------------------------------------------------------
+
+    def purge_jobs(
+        self,
+        state: JobState,
+        before: float,
+        queue: str | None,
+        limit: int,
+        after: tuple[float, int] = (float("-inf"), -1),
+        dry_run: bool = False,
+    ) -> Purged:
+        params = {
+            "state": state.value,
+            "before": before,
+            "queue": queue,
+            "limit": limit,
+            "after_at": after[0],
+            "after_seq": after[1],
+        }
+        rows = self._run("purge_candidates", params).fetchall()
+        if rows and not dry_run:
+            self._run("delete_jobs", {"seqs": json.dumps([r["seq"] for r in rows])})
+        last = (rows[-1]["updated_at"], rows[-1]["seq"]) if rows else after
+        return Purged([r["id"] for r in rows], last[0], last[1])
+
+    def release_space(self) -> None:
+        if self._run("auto_vacuum").fetchone()[0] != 2:  # not INCREMENTAL: `vacuum` only
+            return
+        # Python's sqlite3 steps this pragma once per execute: one page each time.
+        for _ in range(int(self._run("freelist_count").fetchone()[0])):
+            self._run("incremental_vacuum")
+
+    def compact(self) -> None:
+        if self.db.in_transaction:
+            raise InternalError("compact runs outside a transaction")
+        # An old database converts to incremental auto-vacuum at this VACUUM.
+        self._run("set_auto_vacuum_incremental")
+        self._run("vacuum")
+
+    # -- schedules --------------------------------------------------------------
+
+    def schedules(self) -> list[ScheduleRow]:
+        return [_schedule(r) for r in self._run("schedules")]
+
+    def get_schedule(self, name: str) -> ScheduleRow | None:
+        row = self._run("get_schedule", {"name": name}).fetchone()
+        return None if row is None else _schedule(row)
+
+    def put_schedule(self, row: ScheduleRow, replace: bool) -> None:
+        exists = self.get_schedule(row.name) is not None
+        if exists and not replace:
+            raise Conflict(
+                f"a schedule named {row.name!r} already exists; remove it first, or use --replace"
+            )
+        if replace and not exists:
+            raise NotFound(f"no schedule named {row.name!r}")
+        params = {
+            "name": row.name,
+            "cron": row.cron,
+            "tz": row.tz,
+            "job": row.job,
+            "overlap": row.overlap,
+            "catch_up": row.catch_up,
+            "owner_uid": row.owner_uid,
+            "next_at": row.next_at,
+        }
+        if replace:
+            self._run("replace_schedule", params)
+        else:
+            self._run(
+                "insert_schedule", {**params, "paused": int(row.paused), "now": row.created_at}
+            )
+
+    def delete_schedule(self, name: str) -> bool:
+        return self._run("delete_schedule", {"name": name}).rowcount > 0
+
+    def set_schedule_paused(self, name: str, paused: bool, next_at: float) -> bool:
+        params = {"name": name, "paused": int(paused), "next_at": next_at}
+        return self._run("set_schedule_paused", params).rowcount > 0
+
+    def schedule_progress(
+        self, name: str, next_at: float, last_at: float | None, last_job: str | None
+    ) -> None:
+        params = {"name": name, "next_at": next_at, "last_at": last_at, "last_job": last_job}
+        self._run("schedule_progress", params)
+
+    def next_schedule_at(self) -> float | None:
+        row = self._run("next_schedule_at").fetchone()
+        return None if row is None or row["at"] is None else float(row["at"])
 
     # -- settings -------------------------------------------------------------
 

@@ -66,6 +66,7 @@ def test_json_output_of_every_reading_command(daemon: QueueDaemon) -> None:
         "failed": 0,
         "dead": 1,
         "waiting": 0,
+        "blocked": 0,
         "cancelled": 0,
     }
     assert status["workers"]["desired"] == 1 and status["draining"] is False

@@ -45,6 +45,7 @@ def test_four_workers_run_500_jobs_each_exactly_once(
         "failed": 0,
         "dead": 0,
         "waiting": 0,
+        "blocked": 0,
         "cancelled": 0,
     }
     with daemon.client() as c:

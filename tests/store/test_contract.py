@@ -465,6 +465,7 @@ def test_count_by_state_follows_every_transition(store: Store) -> None:
     assert counts(store) == {
         JobState.PENDING: 2,
         JobState.WAITING: 0,
+        JobState.BLOCKED: 0,
         JobState.PROCESSING: 1,
         JobState.COMPLETED: 1,
         JobState.FAILED: 1,
@@ -508,7 +509,7 @@ def test_limits_and_accounting_are_kept(store: Store) -> None:
     used = dataclasses.replace(
         result_for(c, JobState.COMPLETED), cpu_seconds=0.25, peak_bytes=3 << 20
     )
-    assert one(store, lambda s: s.finish_attempts([used])) == [True]
+    assert one(store, lambda s: s.finish_attempts([used])).ok == [True]
     (attempt,) = get(store, "lim", history=True).history
     assert (attempt.cpu_seconds, attempt.peak_bytes) == (0.25, 3 << 20)
     stats = one(store, lambda s: s.attempt_stats())

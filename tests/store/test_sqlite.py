@@ -138,7 +138,7 @@ def test_a_batch_costs_a_constant_number_of_statements(sqlite_store: SQLiteStore
                 claims = store.claim_due("node", 2 * n, T0, 10.0, 30.0)
                 assert len(claims) == 2 * n
                 results = [result_for(c, JobState.COMPLETED) for c in claims[:n]]
-                assert all(store.finish_attempts(results))
+                assert all(store.finish_attempts(results).ok)
                 assert all(store.release_claims(claims[n:]))
         finally:
             del store._run, store._run_many
@@ -272,7 +272,7 @@ def test_a_version_2_database_gets_limits_and_accounting(tmp_path: Path) -> None
     store = SQLiteStore(path)
     store.open()
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         with store.transaction():
             job = store.get_job("old", with_history=True)
             assert job is not None and job.command == "echo old" and job.memory is None
@@ -280,5 +280,82 @@ def test_a_version_2_database_gets_limits_and_accounting(tmp_path: Path) -> None
             (new,) = store.insert_jobs([NewJob("true", id="new", cpus=0.5)], 3.0)
             assert new.cpus == 0.5
             assert store.count_by_state()[JobState.COMPLETED] == 1
+    finally:
+        store.close()
+
+
+def test_a_version_3_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
+    """Version 4 (workflows) rebuilds the jobs table for `blocked`: every job is kept."""
+    path = tmp_path / "queue.db"
+    raw = sqlite3.connect(path)
+    raw.executescript((Path(__file__).parent / "schema_v3.sql").read_text())
+    raw.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    raw.execute(
+        "INSERT INTO jobs (id, command, state, queue, priority, unique_key, created_at,"
+        " updated_at, run_at) VALUES ('mail', 'true', 'waiting', 'mail', 5, 'k', ?, ?, ?)",
+        (T0, T0, T0 + 50),
+    )
+    raw.execute(
+        "INSERT INTO jobs (id, command, state, created_at, updated_at, run_at)"
+        " VALUES ('done', 'true', 'completed', ?, ?, ?)",
+        (T0, T0, T0),
+    )
+    raw.commit()
+    raw.close()
+
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 4
+        with store.transaction():
+            mail = store.get_job("mail")
+            assert mail is not None
+            assert (mail.state, mail.queue, mail.priority, mail.unique_key) == (
+                JobState.WAITING,
+                "mail",
+                5,
+                "k",
+            )
+            (child,) = store.insert_jobs([NewJob("true", id="c", after=("done",))], T0)
+            assert child.state is JobState.PENDING  # its parent had completed
+            assert store.count_by_queue()["mail"] == {JobState.WAITING: 1}
+            assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        store.close()
+
+
+def test_claim_cost_is_the_same_after_a_large_purge(tmp_path: Path) -> None:
+    """100,000 completed jobs purged (in batches, as retention does): the next claims
+    execute the same VM instructions as before, and the file gives its pages back."""
+    store = SQLiteStore(tmp_path / "queue.db")
+    store.open()
+    try:
+        bulk_pending(store.db, 100, T0, "p")
+        before = vm_steps_of_one_claim(store, T0 + 1)
+        with store.db:
+            store.db.execute("BEGIN")
+            store.db.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)"
+                " INSERT INTO jobs (id, command, state, created_at, updated_at, run_at)"
+                " SELECT 'c' || i, 'true', 'completed', :t, :t, :t FROM n",
+                {"t": T0},
+            )
+        size = (tmp_path / "queue.db").stat().st_size
+        after = (float("-inf"), -1)
+        purged = 0
+        while True:
+            with store.transaction():
+                batch = store.purge_jobs(JobState.COMPLETED, T0 + 10, None, 5000, after)
+                if not batch.ids:
+                    store.release_space()
+            if not batch.ids:
+                break
+            purged += len(batch.ids)
+            after = (batch.after_at, batch.after_seq)
+        assert purged == 100_000
+        assert vm_steps_of_one_claim(store, T0 + 2) <= before * 1.2
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert store.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+        assert (tmp_path / "queue.db").stat().st_size < size / 4
     finally:
         store.close()

@@ -13,16 +13,116 @@ SELECT 1 FROM jobs WHERE id = :id;
 -- name: insert_jobs
 INSERT INTO jobs (id, command, cwd, owner_uid, idempotent, max_retries, timeout, state,
                   queue, priority, unique_key, env, backoff_base, backoff_max, jitter,
-                  memory_max, cpus, max_procs, created_at, updated_at, run_at)
+                  memory_max, cpus, max_procs, created_at, updated_at, run_at, n_parents)
 VALUES (:id, :command, :cwd, :owner_uid, :idempotent, :max_retries, :timeout, :state,
         :queue, :priority, :unique_key, :env, :backoff_base, :backoff_max, :jitter,
-        :memory_max, :cpus, :max_procs, :now, :now, :run_at);
+        :memory_max, :cpus, :max_procs, :now, :now, :run_at, :n_parents);
+
+-- name: insert_dependency
+INSERT INTO job_deps (child_seq, parent_seq, pos, any_outcome)
+SELECT c.seq, p.seq, :pos, :any_outcome FROM jobs c JOIN jobs p ON p.id = :parent
+WHERE c.id = :child;
+
+-- name: parents_of
+-- The parents of each job named in the JSON array :ids, in the order they were given.
+SELECT c.id AS child, p.id, p.state, p.last_exit_code, d.any_outcome
+FROM jobs c JOIN job_deps d ON d.child_seq = c.seq JOIN jobs p ON p.seq = d.parent_seq
+WHERE c.id IN (SELECT value FROM json_each(:ids))
+ORDER BY c.seq, d.pos;
+
+-- name: children_of
+SELECT c.id FROM jobs p JOIN job_deps d ON d.parent_seq = p.seq JOIN jobs c ON c.seq = d.child_seq
+WHERE p.id = :id ORDER BY c.seq;
+
+-- name: blocked_children
+-- The blocked children of the jobs named in the JSON array :ids.
+SELECT DISTINCT c.id FROM jobs p JOIN job_deps d ON d.parent_seq = p.seq
+JOIN jobs c ON c.seq = d.child_seq
+WHERE p.id IN (SELECT value FROM json_each(:ids)) AND c.state = 'blocked';
+
+-- name: unblock_jobs
+-- Blocked jobs whose parents are done: ready now, or waiting for their own time.
+UPDATE jobs
+SET state = CASE WHEN run_at > :now THEN 'waiting' ELSE 'pending' END, updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'blocked'
+RETURNING *;
+
+-- name: block_jobs
+-- Retried jobs with parents wait for them again.
+UPDATE jobs SET state = 'blocked'
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'pending' AND n_parents > 0
+RETURNING id;
+
+-- name: purge_candidates
+-- Finished jobs of one state last changed before :before, oldest first, after the
+-- (updated_at, seq) position :after_at, :after_seq; a job with unfinished children stays.
+SELECT j.seq, j.id, j.updated_at FROM jobs j INDEXED BY jobs_finished
+WHERE j.state = :state AND j.state IN ('completed', 'cancelled', 'dead')
+  AND j.updated_at < :before
+  AND (j.updated_at, j.seq) > (:after_at, :after_seq)
+  AND (:queue IS NULL OR j.queue = :queue)
+  AND NOT EXISTS (
+      SELECT 1 FROM job_deps d JOIN jobs c ON c.seq = d.child_seq
+      WHERE d.parent_seq = j.seq AND c.state NOT IN ('completed', 'cancelled', 'dead'))
+ORDER BY j.updated_at, j.seq LIMIT :limit;
+
+-- name: delete_jobs
+-- Their attempts and dependency rows go with them (ON DELETE CASCADE).
+DELETE FROM jobs WHERE seq IN (SELECT value FROM json_each(:seqs));
+
+-- name: incremental_vacuum
+PRAGMA incremental_vacuum;
+
+-- name: freelist_count
+PRAGMA freelist_count;
+
+-- name: auto_vacuum
+PRAGMA auto_vacuum;
+
+-- name: set_auto_vacuum_incremental
+PRAGMA auto_vacuum = INCREMENTAL;
+
+-- name: vacuum
+VACUUM;
+
+-- name: schedules
+SELECT * FROM schedules ORDER BY name;
+
+-- name: get_schedule
+SELECT * FROM schedules WHERE name = :name;
+
+-- name: insert_schedule
+INSERT INTO schedules (name, cron, tz, job, overlap, catch_up, paused, owner_uid, created_at,
+                       next_at)
+VALUES (:name, :cron, :tz, :job, :overlap, :catch_up, :paused, :owner_uid, :now, :next_at);
+
+-- name: replace_schedule
+-- A changed schedule keeps its history (last tick, last job).
+UPDATE schedules
+SET cron = :cron, tz = :tz, job = :job, overlap = :overlap, catch_up = :catch_up,
+    owner_uid = :owner_uid, next_at = :next_at
+WHERE name = :name;
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE name = :name;
+
+-- name: set_schedule_paused
+UPDATE schedules SET paused = :paused, next_at = :next_at WHERE name = :name;
+
+-- name: schedule_progress
+UPDATE schedules
+SET next_at = :next_at, last_at = COALESCE(:last_at, last_at),
+    last_job = COALESCE(:last_job, last_job)
+WHERE name = :name;
+
+-- name: next_schedule_at
+SELECT MIN(next_at) AS at FROM schedules WHERE paused = 0;
 
 -- name: unfinished_with_keys
 -- The unfinished job holding each unique key named in the JSON array :keys.
 SELECT * FROM jobs
 WHERE unique_key IN (SELECT value FROM json_each(:keys))
-  AND state IN ('pending', 'waiting', 'processing', 'failed');
+  AND state IN ('pending', 'waiting', 'blocked', 'processing', 'failed');
 
 -- name: jobs_by_ids
 SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
@@ -194,7 +294,8 @@ SELECT * FROM jobs WHERE state = 'processing' AND lease_owner = :owner ORDER BY 
 -- name: cancel_jobs
 UPDATE jobs
 SET state = 'cancelled', updated_at = :now, last_error = :reason
-WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('pending', 'waiting', 'failed')
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND state IN ('pending', 'waiting', 'blocked', 'failed')
 RETURNING *;
 
 -- name: retry_jobs

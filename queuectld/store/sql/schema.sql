@@ -1,5 +1,5 @@
--- queuectl SQLite schema, version 3. Applied in one transaction by SQLiteStore.open() to a
--- new database; migrate_2.sql and migrate_3.sql bring older databases here.
+-- queuectl SQLite schema, version 4. Applied in one transaction by SQLiteStore.open() to a
+-- new database; migrate_2.sql, migrate_3.sql and migrate_4.sql bring older databases here.
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -23,8 +23,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cpus             REAL,                        -- CPUs,
     max_procs        INTEGER,                     -- processes (docs/jobs.md)
     state            TEXT NOT NULL
-                     CHECK (state IN ('pending', 'waiting', 'processing', 'completed', 'failed',
-                                      'dead', 'cancelled')),
+                     CHECK (state IN ('pending', 'waiting', 'blocked', 'processing', 'completed',
+                                      'failed', 'dead', 'cancelled')),
     queue            TEXT NOT NULL DEFAULT 'default',
     priority         INTEGER NOT NULL DEFAULT 0,  -- higher first
     unique_key       TEXT,                        -- one unfinished job per key
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error       TEXT,
     lease_owner      TEXT,
     lease_token      TEXT,
-    lease_expires_at REAL
+    lease_expires_at REAL,
+    n_parents        INTEGER NOT NULL DEFAULT 0   -- rows in job_deps naming it the child
 );
 
 -- Claiming reads this partial index only: one B-tree descent per queue, in claim order
@@ -60,7 +61,40 @@ CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_owner, lease_expires_at)
     WHERE state = 'processing';
 -- Two enqueues with one key cannot both win: the index refuses the second unfinished job.
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_key ON jobs (unique_key)
-    WHERE unique_key IS NOT NULL AND state IN ('pending', 'waiting', 'processing', 'failed');
+    WHERE unique_key IS NOT NULL
+      AND state IN ('pending', 'waiting', 'blocked', 'processing', 'failed');
+-- Retention and purge: finished jobs of one state, oldest first.
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (state, updated_at)
+    WHERE state IN ('completed', 'cancelled', 'dead');
+
+-- Dependencies: the child runs once its parents are done (`enqueue --after`). Rows go
+-- with either job (a parent is purged only once its children are final).
+CREATE TABLE IF NOT EXISTS job_deps (
+    child_seq   INTEGER NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
+    parent_seq  INTEGER NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
+    pos         INTEGER NOT NULL,            -- the order the parents were given in
+    any_outcome INTEGER NOT NULL DEFAULT 0,  -- 1: `after_any`, any final state will do
+    PRIMARY KEY (child_seq, parent_seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_deps_parent ON job_deps (parent_seq, child_seq);
+
+-- Recurring schedules (`queuectl schedule add`). A tick's job has an id made of the
+-- schedule's name and the tick's time, and is stored in the transaction that moves
+-- next_at past the tick: a tick fires once, whatever crashes.
+CREATE TABLE IF NOT EXISTS schedules (
+    name       TEXT PRIMARY KEY,
+    cron       TEXT NOT NULL,
+    tz         TEXT NOT NULL,
+    job        TEXT NOT NULL,               -- JSON: the enqueue request of every tick
+    overlap    TEXT NOT NULL,
+    catch_up   TEXT NOT NULL,
+    paused     INTEGER NOT NULL DEFAULT 0,
+    owner_uid  INTEGER,
+    created_at REAL NOT NULL,
+    next_at    REAL NOT NULL,               -- the next tick not yet handled
+    last_at    REAL,                        -- the last tick that made a job
+    last_job   TEXT                         -- that job's id
+);
 
 CREATE TABLE IF NOT EXISTS attempts (
     job_seq     INTEGER NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
