@@ -111,9 +111,12 @@ def test_a_timed_out_job_and_its_forked_child_are_gone(
     daemon.cli("enqueue", "--id", "slow", "--timeout", "1", "--", command, cwd=tmp_path)
     daemon.cli("worker", "start", "--count", "1")
     child_file = tmp_path / "child.pid"
+    shell_file = tmp_path / "shell.pid"
+    # Both files are written by the job; wait for the second, whole (it may be empty a moment).
     wait_for(lambda: child_file.exists() and child_file.read_text().strip(), what="child pid")
+    wait_for(lambda: shell_file.exists() and shell_file.read_text().strip(), what="shell pid")
     child = int(child_file.read_text())
-    shell = int((tmp_path / "shell.pid").read_text())
+    shell = int(shell_file.read_text())
     assert pid_alive(child)
     job = daemon.wait_for_state("slow", "dead", timeout=30)
     (attempt,) = job["history"]
