@@ -191,6 +191,13 @@ class Client:
     def close(self) -> None:
         self._sock.close()
 
+    def abort(self) -> None:
+        """End the connection from another thread: a read blocked in it returns at once."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed or never connected: nothing is blocked on it
+
     def idle_and_open(self) -> bool:
         """True unless the daemon has hung up this idle connection (looked at, not waited for).
 

@@ -100,7 +100,7 @@ class EventHub:
         self._stop.set()
         client = self._client
         if client is not None:
-            client.close()  # ends the blocking read in the feed thread
+            client.abort()  # ends the blocking read in the feed thread
         if self._thread is not None:
             self._thread.join(timeout=5)
 
