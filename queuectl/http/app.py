@@ -49,16 +49,26 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+def _number(text: str) -> float | int:
+    # JSON has one number type: 3.0 is the integer 3 (as JSON Schema says), so a
+    # count or a retry limit written 3.0 reaches the daemon as the integer it is.
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) < 2**63 else value
+
+
 async def read_json(request: Request) -> Any:
     """The request's JSON body (None when empty); strict JSON only (no NaN, no Infinity)."""
     raw = await request.body()
     if not raw.strip():
         return None
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_number)
     except (ValueError, RecursionError) as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise InvalidRequest(f"the request body is not valid JSON ({detail})") from None
+    if value is None:
+        raise InvalidRequest("the request body is JSON null; send an object or no body")
+    return value
 
 
 async def _answer(upstream: Upstream, fn: Callable[[Any], Any], ok: int = 200) -> Response:
@@ -70,8 +80,13 @@ async def _answer(upstream: Upstream, fn: Callable[[Any], Any], ok: int = 200) -
     return JSONResponse(result, status_code=ok)
 
 
-def _endpoint(op: Operation, upstream: Upstream) -> Endpoint:
+def _endpoint(ops: list[Operation], upstream: Upstream) -> Endpoint:
+    """One endpoint for the operations of one path, chosen by method (so that a 405
+    names every method the path has in its Allow header)."""
+    by_method = {op.method: op for op in ops}
+
     async def endpoint(request: Request) -> Response:
+        op = by_method[request.method if request.method != "HEAD" else "GET"]
         try:
             body = await read_json(request) if op.body is not None else None
         except BodyTooLarge:
@@ -81,8 +96,18 @@ def _endpoint(op: Operation, upstream: Upstream) -> Endpoint:
         inputs = Inputs(dict(request.path_params), request.query_params, body)
         return await _answer(upstream, lambda c: op.call(c, inputs), op.ok)
 
-    endpoint.__name__ = op.name
+    endpoint.__name__ = "_".join(op.name for op in ops)
     return endpoint
+
+
+def _operation_routes(upstream: Upstream) -> list[BaseRoute]:
+    paths: dict[str, list[Operation]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, []).append(op)
+    return [
+        Route(path, _endpoint(ops, upstream), methods=[op.method for op in ops])
+        for path, ops in paths.items()
+    ]
 
 
 def create_app(settings: GatewaySettings, autostart: bool | None = None) -> Starlette:
@@ -136,9 +161,7 @@ def create_app(settings: GatewaySettings, autostart: bool | None = None) -> Star
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
 
-    routes: list[BaseRoute] = [
-        Route(op.path, _endpoint(op, upstream), methods=[op.method]) for op in OPERATIONS
-    ]
+    routes = _operation_routes(upstream)
     routes += [
         Route("/metrics", metrics, methods=["GET"]),
         Route("/events", events, methods=["GET"]),

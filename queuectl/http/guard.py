@@ -115,7 +115,6 @@ class Guard:
             if method not in SAFE_METHODS:
                 self._audit(scope, who, 413)
             return
-        status = 0
         seen = 0
 
         async def counted() -> Message:
@@ -127,18 +126,13 @@ class Guard:
                     raise BodyTooLarge
             return message
 
-        async def watched(message: Message) -> None:
-            nonlocal status
+        async def audited(message: Message) -> None:
+            # Logged before the answer leaves: whoever sees the answer can find the line.
             if message["type"] == "http.response.start":
-                status = message["status"]
+                self._audit(scope, who, message["status"])
             await send(message)
 
-        scope.setdefault("state", {})["who"] = who
-        try:
-            await self.app(scope, counted, watched)
-        finally:
-            if method not in SAFE_METHODS:
-                self._audit(scope, who, status)
+        await self.app(scope, counted, audited if method not in SAFE_METHODS else send)
 
     def _too_large(self) -> problems.Problem:
         return problems.gateway(

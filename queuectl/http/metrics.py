@@ -160,7 +160,7 @@ def registry_for(
 ) -> tuple[CollectorRegistry, EventMetrics]:
     """A registry of its own (not the process-global one) with both kinds of metric."""
     # The `_created` series double every counter for little use; Prometheus does not need them.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(upstream, feed_connected))
     return registry, EventMetrics(registry)

@@ -9,11 +9,16 @@ from http import HTTPStatus
 from typing import Any
 
 from queuectl import __version__
+from queuectl.cli import SETTINGS_HELP
 from queuectl.http import schemas as s
 from queuectl.http.operations import OPERATIONS, Operation
 from queuectl.http.problems import PROBLEM_TYPE
 
-PATH_PARAMS: dict[str, s.Schema] = {"id": s.JOB_ID, "key": {"type": "string", "minLength": 1}}
+# The settings' names (the CLI's table, checked against the daemon's by tests/unit).
+PATH_PARAMS: dict[str, s.Schema] = {
+    "id": s.JOB_ID,
+    "key": {"type": "string", "enum": list(SETTINGS_HELP)},
+}
 
 # Operations outside the table: answers that are not one JSON document.
 METRICS = {

@@ -33,6 +33,14 @@ class Inputs:
             raise InvalidRequest(f"send a JSON object such as {example} as the request body")
         return self.body
 
+    def fields(self, example: str, *known: str) -> dict[str, Any]:
+        """An object body holding only the ``known`` fields (none is required here)."""
+        body = {} if self.body is None else self.object_body(example)
+        unknown = sorted(set(body) - set(known))
+        if unknown:
+            raise InvalidRequest(f"unknown field {unknown[0]!r}; send {example}")
+        return body
+
     def integer(self, name: str, default: int) -> int:
         """A whole-number query parameter (the daemon checks its range)."""
         text = self.query.get(name)
@@ -106,12 +114,10 @@ def _enqueue_batch(c: Client, i: Inputs) -> dict[str, Any]:
 
 
 def _count(i: Inputs, required: bool) -> int:
-    body = {} if i.body is None and not required else i.object_body('{"count":2}')
-    unknown = sorted(set(body) - {"count"})
-    if unknown:
-        raise InvalidRequest(f'unknown field {unknown[0]!r}; send {{"count": N}}')
+    body = i.fields('{"count": 2}', "count")
     count = body.get("count", 1)
     if required and "count" not in body:
+        raise InvalidRequest('the body is missing "count"; send {"count": 2}')
         raise InvalidRequest('the body is missing "count"; send {"count": N}')
     if not isinstance(count, int) or isinstance(count, bool):
         raise InvalidRequest('"count" must be a whole number')
@@ -187,7 +193,7 @@ def _list_jobs(c: Client, i: Inputs) -> dict[str, Any]:
 
 
 def _setting_value(i: Inputs) -> str:
-    value = i.object_body('{"value":"3"}').get("value")
+    value = i.fields('{"value": "3"}', "value").get("value")
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InvalidRequest('send {"value": ...} with a string or a number')
     return str(value)

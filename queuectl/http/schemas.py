@@ -42,13 +42,14 @@ NEW_JOB: Schema = {
     "required": ["command"],
     "additionalProperties": False,
     "properties": {
-        # At least one non-blank character; 16 Ki characters stay under 64 KiB of UTF-8.
-        "command": {"type": "string", "pattern": r"\S", "maxLength": 16384},
-        "id": JOB_ID,
-        "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES_LIMIT},
-        "timeout": {"type": "number", "minimum": 0.001, "maximum": MAX_TIMEOUT_S},
-        "delay": {"type": "number", "minimum": 0, "maximum": MAX_TIMEOUT_S * 52},
-        "cwd": {"type": "string", "pattern": "^/[^\\u0000]*$"},
+        # A non-blank character, no NUL; 16 Ki characters stay under 64 KiB of UTF-8.
+        "command": {"type": "string", "pattern": r"^[^\x00]*\S[^\x00]*$", "maxLength": 16384},
+        # null, like leaving a field out, means the queue's setting.
+        "id": {**JOB_ID, "type": ["string", "null"]},
+        "max_retries": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_RETRIES_LIMIT},
+        "timeout": {"type": ["number", "null"], "minimum": 0.001, "maximum": MAX_TIMEOUT_S},
+        "delay": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_TIMEOUT_S * 52},
+        "cwd": {"type": ["string", "null"], "pattern": "^/[^\\u0000]*$"},
         "idempotent": {"type": "boolean"},
     },
     "example": {"id": "job1", "command": "echo Hello QueueCTL"},
