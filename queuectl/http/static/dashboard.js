@@ -13,6 +13,12 @@ function el(tag, text, cls) {
   return node;
 }
 
+function cell(child) {
+  const td = document.createElement("td");
+  td.append(child);
+  return td;
+}
+
 function when(ts) {
   return ts ? new Date(ts * 1000).toLocaleString() : "";
 }
@@ -82,7 +88,7 @@ async function showList() {
     row.dataset.id = job.id;
     row.append(
       el("td", job.id),
-      el("td", job.state, `state state-${job.state}`),
+      cell(el("span", job.state, `state state-${job.state}`)),
       el("td", job.attempts),
       el("td", job.command, "cmd wide"),
       el("td", when(job.updated_at)),
