@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from queuectl.errors import QueuectlError
 from queuectl.http.upstream import Upstream
-from queuectl.protocol import JobState
+from queuectl.protocol import JobState, SortKey
 
 # Attempt run times and queue waits of shell jobs: from a fraction of a second to hours.
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
@@ -117,7 +117,10 @@ class DaemonCollector(Collector):
         feed.add_metric([], 1.0 if self._feed_connected() else 0.0)
         try:
             m = self._upstream.call(lambda c: c.metrics())
-            pending, _ = self._upstream.call(lambda c: c.list_jobs(JobState.PENDING, 1, 0))
+            queues = self._upstream.call(lambda c: c.queues())
+            pending, _ = self._upstream.call(
+                lambda c: c.list_jobs(JobState.PENDING, 1, 0, sort=SortKey.RUN_AT)
+            )
         except QueuectlError:
             up.add_metric([], 0.0)
             yield up
@@ -126,10 +129,18 @@ class DaemonCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         yield feed
-        jobs = GaugeMetricFamily("queuectl_jobs", "Jobs by state", labels=["state"])
-        for state, count in m["jobs"].items():
-            jobs.add_metric([state], count)
+        jobs = GaugeMetricFamily(
+            "queuectl_jobs", "Jobs by queue and state", labels=["queue", "state"]
+        )
+        paused = GaugeMetricFamily(
+            "queuectl_queue_paused", "1 while a queue starts nothing", labels=["queue"]
+        )
+        for queue in queues:
+            for state in JobState:
+                jobs.add_metric([queue["name"], state.value], queue["counts"].get(state, 0))
+            paused.add_metric([queue["name"]], 1.0 if queue["paused"] else 0.0)
         yield jobs
+        yield paused
         for key in ("desired", "running", "busy"):
             gauge = GaugeMetricFamily(f"queuectl_workers_{key}", f"Workers {key}")
             gauge.add_metric([], m["workers"][key])
@@ -148,7 +159,7 @@ class DaemonCollector(Collector):
         yield attempts
         oldest = GaugeMetricFamily(
             "queuectl_oldest_pending_job_timestamp_seconds",
-            "When the oldest pending job became due (Unix time); absent with none pending",
+            "When the longest-due pending job became due (Unix time); absent with none pending",
         )
         if pending:
             oldest.add_metric([], float(pending[0]["run_at"]))

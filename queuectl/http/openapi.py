@@ -16,6 +16,7 @@ from queuectl.http.problems import PROBLEM_TYPE
 
 # The settings' names (the CLI's table, checked against the daemon's by tests/unit).
 PATH_PARAMS: dict[str, s.Schema] = {
+    "name": s.QUEUE_NAME,
     "id": s.JOB_ID,
     "key": {"type": "string", "enum": list(SETTINGS_HELP)},
 }

@@ -9,6 +9,7 @@ validation point for every transport); the gateway only turns HTTP into argument
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from queuectl.client import Client
 from queuectl.errors import InvalidRequest, NotFound
 from queuectl.http import schemas as s
-from queuectl.protocol import MAX_LIST_LIMIT, JobState
+from queuectl.protocol import MAX_LIST_LIMIT, JobState, validate_queue_name
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,19 @@ class Inputs:
         if not (text.isascii() and text.isdigit()):
             raise InvalidRequest(f"query parameter {name!r} must be a whole number, not {text!r}")
         return int(text)
+
+    def number(self, name: str) -> float | None:
+        """A number query parameter such as a Unix time (the daemon checks its range)."""
+        text = self.query.get(name)
+        if text is None:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise InvalidRequest(f"query parameter {name!r} must be a number, not {text!r}")
+        return value
 
 
 Call = Callable[[Client, Inputs], Any]
@@ -187,9 +201,46 @@ def _seed_log(c: Client, i: Inputs) -> dict[str, Any]:
 
 
 def _list_jobs(c: Client, i: Inputs) -> dict[str, Any]:
-    state = i.query.get("state")
-    jobs, total = c.list_jobs(state, i.integer("limit", 100), i.integer("offset", 0))
+    jobs, total = c.list_jobs(
+        i.query.get("state"),
+        i.integer("limit", 100),
+        i.integer("offset", 0),
+        queue=i.query.get("queue"),
+        since=i.number("since"),
+        sort=i.query.get("sort", "oldest"),
+    )
     return {"jobs": jobs, "total": total}
+
+
+def _kill(c: Client, i: Inputs) -> dict[str, Any]:
+    body = i.fields('{"signal": "TERM", "retry": false}', "signal", "retry")
+    signal, retry = body.get("signal", "TERM"), body.get("retry", False)
+    if not isinstance(signal, str) or not isinstance(retry, bool):
+        raise InvalidRequest('send {"signal": "TERM", "retry": false} (a name and true/false)')
+    return {"killing": c.kill(_job_id(i), signal=signal, retry=retry)}
+
+
+def _queue(c: Client, i: Inputs) -> Any:
+    name = i.path["name"]
+    validate_queue_name(name)
+    for queue in c.queues():
+        if queue["name"] == name:
+            return queue
+    raise NotFound(f"no queue named {name!r} has jobs or settings")
+
+
+def _set_queue(c: Client, i: Inputs) -> Any:
+    body = i.fields('{"concurrency": 4, "rate": "10/s"}', "concurrency", "rate", "paused")
+    concurrency, rate, paused = body.get("concurrency"), body.get("rate"), body.get("paused")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int)
+    ):
+        raise InvalidRequest('"concurrency" must be a whole number')
+    if rate is not None and not isinstance(rate, str):
+        raise InvalidRequest('"rate" must be a string such as "10/s"')
+    if paused is not None and not isinstance(paused, bool):
+        raise InvalidRequest('"paused" must be true or false')
+    return c.set_queue(i.path["name"], concurrency=concurrency, rate=rate, paused=paused)
 
 
 def _setting_value(i: Inputs) -> str:
@@ -260,8 +311,42 @@ OPERATIONS: tuple[Operation, ...] = (
         _seed_log, s.SEED_LOG,
     ),
     Operation(
-        "retryJob", "POST", f"/jobs/{ID}/retry", "Move a dead job back to pending",
-        lambda c, i: c.dlq_retry(_job_id(i)), s.JOB, refusals=(409,),
+        "retryJob", "POST", f"/jobs/{ID}/retry",
+        "Run a finished job (completed, dead, cancelled) again, keeping its history",
+        lambda c, i: c.retry(_job_id(i))[0], s.JOB, refusals=(403, 409),
+    ),
+    Operation(
+        "cancelJob", "POST", f"/jobs/{ID}/cancel",
+        "Cancel a job that has not started (pending, waiting, failed)",
+        lambda c, i: c.cancel(_job_id(i))[0], s.JOB, refusals=(403, 409),
+    ),
+    Operation(
+        "killJob", "POST", f"/jobs/{ID}/kill",
+        "Signal a running job's process group (SIGKILL follows after the grace period)",
+        _kill, s.KILLING, body=s.KILL, body_required=False, refusals=(403, 409),
+    ),
+    Operation(
+        "listQueues", "GET", "/queues", "Every queue with jobs or settings",
+        lambda c, i: c.queues(), {"type": "array", "items": s.QUEUE}, tag="queues",
+    ),
+    Operation(
+        "getQueue", "GET", "/queues/{name}", "One queue: counts by state and settings",
+        _queue, s.QUEUE, tag="queues",
+    ),
+    Operation(
+        "setQueue", "PUT", "/queues/{name}",
+        "Change a queue's concurrency, rate or pause (fields left out are kept)",
+        _set_queue, s.QUEUE, body=s.QUEUE_SETTINGS, body_required=False,
+        refusals=(403,), tag="queues",
+    ),
+    Operation(
+        "pauseQueue", "POST", "/queues/{name}/pause",
+        "Start nothing more from this queue (running jobs finish)",
+        lambda c, i: c.pause_queue(i.path["name"]), s.QUEUE, refusals=(403,), tag="queues",
+    ),
+    Operation(
+        "resumeQueue", "POST", "/queues/{name}/resume", "Start this queue's jobs again",
+        lambda c, i: c.resume_queue(i.path["name"]), s.QUEUE, refusals=(403,), tag="queues",
     ),
     Operation(
         "getWorkers", "GET", "/workers", "Workers desired, running and busy",

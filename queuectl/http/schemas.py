@@ -10,15 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from queuectl.protocol import (
+    ENV_NAME_RE,
     JOB_ID_RE,
     MAX_BATCH_JOBS,
+    MAX_ENV_VARS,
     MAX_ID_CHARS,
     MAX_LIST_LIMIT,
+    MAX_PRIORITY,
     MAX_RETRIES_LIMIT,
     MAX_TIMEOUT_S,
+    MAX_UNIQUE_KEY_CHARS,
     MAX_WORKERS,
+    MIN_PRIORITY,
+    QUEUE_NAME_RE,
     JobState,
     Outcome,
+    SortKey,
 )
 
 Schema = dict[str, Any]
@@ -32,6 +39,7 @@ JOB_ID: Schema = {
     "minLength": 1,
     "maxLength": MAX_ID_CHARS,
 }
+QUEUE_NAME: Schema = {"type": "string", "pattern": f"^{QUEUE_NAME_RE.pattern}$"}
 NUMBER: Schema = {"type": "number"}
 NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
 NULLABLE_INT: Schema = {"type": ["integer", "null"]}
@@ -43,7 +51,7 @@ NEW_JOB: Schema = {
     "additionalProperties": False,
     "properties": {
         # A non-blank character, no NUL; 16 Ki characters stay under 64 KiB of UTF-8.
-        "command": {"type": "string", "pattern": r"^[^\x00]*\S[^\x00]*$", "maxLength": 16384},
+        "command": {"type": "string", "pattern": "^[^\\u0000]*\\S[^\\u0000]*$", "maxLength": 16384},
         # null, like leaving a field out, means the queue's setting.
         "id": {**JOB_ID, "type": ["string", "null"]},
         "max_retries": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_RETRIES_LIMIT},
@@ -51,6 +59,30 @@ NEW_JOB: Schema = {
         "delay": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_TIMEOUT_S * 52},
         "cwd": {"type": ["string", "null"], "pattern": "^/[^\\u0000]*$"},
         "idempotent": {"type": "boolean"},
+        "run_at": {"type": ["number", "null"], "minimum": 0, "maximum": 2**40},
+        "priority": {"type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
+        "queue": QUEUE_NAME,
+        "unique_key": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": MAX_UNIQUE_KEY_CHARS,
+        },
+        # Names as the shell takes them (QUEUECTL_* is queuectl's own); values without
+        # NUL; at most 64 KiB in all (which a schema cannot say).
+        "env": {
+            "type": ["object", "null"],
+            "maxProperties": MAX_ENV_VARS,
+            "propertyNames": {"pattern": f"^(?!QUEUECTL_){ENV_NAME_RE.pattern}$"},
+            "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
+        },
+        "backoff_base": {"type": ["number", "null"], "minimum": 1, "maximum": 60},
+        "backoff_max": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_TIMEOUT_S},
+        "jitter": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+    },
+    # A delay or a run-at time, not both.
+    "not": {
+        "required": ["delay", "run_at"],
+        "properties": {"delay": {"type": "number"}, "run_at": {"type": "number"}},
     },
     "example": {"id": "job1", "command": "echo Hello QueueCTL"},
 }
@@ -101,6 +133,10 @@ JOB: Schema = {
     "properties": {
         "id": {"type": "string"},
         "command": {"type": "string"},
+        "queue": {"type": "string"},
+        "priority": {"type": "integer"},
+        "unique_key": NULLABLE_STR,
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
         "cwd": NULLABLE_STR,
         "owner_uid": NULLABLE_INT,
         "idempotent": {"type": "boolean"},
@@ -115,7 +151,57 @@ JOB: Schema = {
         "last_exit_code": NULLABLE_INT,
         "last_error": NULLABLE_STR,
         "history": {"type": "array", "items": ATTEMPT},
+        "existing": {"type": "boolean"},
     },
+}
+
+JOBS: Schema = {
+    "type": "object",
+    "required": ["jobs"],
+    "properties": {"jobs": {"type": "array", "items": JOB}},
+}
+
+KILL: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "signal": {
+            "type": "string",
+            "enum": ["TERM", "INT", "HUP", "KILL", "QUIT", "USR1", "USR2"],
+        },
+        "retry": {"type": "boolean"},
+    },
+    "example": {"signal": "TERM", "retry": False},
+}
+
+KILLING: Schema = {
+    "type": "object",
+    "required": ["killing"],
+    "properties": {"killing": {"type": "array", "items": {"type": "string"}}},
+}
+
+QUEUE: Schema = {
+    "type": "object",
+    "required": ["name", "counts", "paused"],
+    "properties": {
+        "name": {"type": "string"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "concurrency": NULLABLE_INT,
+        "rate": NULLABLE_STR,
+        "paused": {"type": "boolean"},
+    },
+}
+
+QUEUE_SETTINGS: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "concurrency": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_WORKERS * 1000},
+        # N/s, N/m or N/h with N from 1 to 1000000; "" removes the limit.
+        "rate": {"type": ["string", "null"], "pattern": "^(|[1-9][0-9]{0,5}/[smh])$"},
+        "paused": {"type": ["boolean", "null"]},
+    },
+    "example": {"concurrency": 4, "rate": "10/s"},
 }
 
 WORKERS: Schema = {
@@ -214,6 +300,9 @@ PROBLEM: Schema = {
 
 LIST_QUERY: dict[str, Schema] = {
     "state": {"type": "string", "enum": STATES},
+    "queue": QUEUE_NAME,
+    "since": {"type": "number"},
+    "sort": {"type": "string", "enum": [k.value for k in SortKey]},
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 100},
     "offset": {"type": "integer", "minimum": 0, "maximum": INT64, "default": 0},
 }

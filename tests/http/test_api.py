@@ -49,8 +49,28 @@ def test_dead_job_retried_through_its_resource(daemon: QueueDaemon, gateway: Gat
     daemon.wait_for_state("d", "dead")
     gateway.json("POST", "/jobs", {"id": "e", "command": "true"}, 201)
     daemon.wait_for_state("e", "completed")
-    answer = gateway.request("POST", "/jobs/e/retry")
+    answer = gateway.request("POST", "/jobs/e/cancel")  # it has run: too late to cancel
     assert answer.status == 409 and answer.json["code"] == "conflict"
+
+
+def test_job_control_and_queues(daemon: QueueDaemon, gateway: Gateway) -> None:
+    gateway.json("POST", "/jobs", {"id": "q1", "command": "true", "queue": "mail"}, 201)
+    gateway.json("POST", "/jobs", {"id": "q2", "command": "true", "priority": 5}, 201)
+    assert gateway.json("POST", "/jobs/q1/cancel")["state"] == "cancelled"
+    assert gateway.json("GET", "/jobs?queue=mail")["jobs"][0]["state"] == "cancelled"
+    assert gateway.json("GET", "/jobs?sort=priority&state=pending")["jobs"][0]["id"] == "q2"
+    mail = gateway.json("GET", "/queues/mail")
+    assert mail["counts"]["cancelled"] == 1 and mail["paused"] is False
+    assert gateway.json("POST", "/queues/mail/pause")["paused"] is True
+    assert gateway.json("PUT", "/queues/mail", {"concurrency": 2, "rate": "10/s"})["rate"] == "10/s"
+    assert gateway.json("POST", "/queues/mail/resume")["paused"] is False
+    assert {q["name"] for q in gateway.json("GET", "/queues")} >= {"mail", "default"}
+    assert gateway.request("GET", "/queues/nowhere").status == 404
+    gateway.json("POST", "/jobs", {"id": "long", "command": "sleep 60"}, 201)
+    gateway.json("PUT", "/workers", {"count": 1})
+    daemon.wait_for_state("long", "processing")
+    assert gateway.json("POST", "/jobs/long/kill", {"signal": "TERM"}) == {"killing": ["long"]}
+    daemon.wait_for_state("long", "cancelled")
 
 
 REFUSALS = [
@@ -122,7 +142,7 @@ def test_metrics_negotiated(daemon: QueueDaemon, gateway: Gateway) -> None:
     assert kind.startswith("application/openmetrics-text") and text.endswith("# EOF\n")
     kind, text = scrape("text/plain;version=0.0.4")
     assert kind.startswith("text/plain")
-    assert 'queuectl_jobs{state="completed"} 1.0' in text
+    assert 'queuectl_jobs{queue="default",state="completed"} 1.0' in text
     assert "queuectl_up 1.0" in text and "queuectl_workers_desired 1.0" in text
     assert "queuectl_daemon_start_time_seconds" in text
     # Counted from the event feed: it may trail the daemon by an event or two.

@@ -110,7 +110,7 @@ def test_dashboard_follows_and_steers_the_queue(
     wait_text(browser, "#job-log", "doomed")
     wait_text(browser, "#attempts", "failed")
     browser.find_element(By.ID, "retry").click()
-    wait_text(browser, "#message", "job doomed moved from the DLQ to pending")
+    wait_text(browser, "#message", "job doomed will run again")
     wait_count(browser, "dead", 0)
     wait_count(browser, "pending", 1)
     wait_text(browser, "#job-state", "pending")

@@ -65,7 +65,8 @@ def test_rules_and_dashboard_use_only_exported_metrics(
         return text if "queuectl_jobs_completed_total 1.0" in text else None
 
     text = wait_for(counted, what="the event counters")
-    daemon.cli("enqueue", "--id", "b", "--delay", "3600", "--", "true")
+    daemon.cli("worker", "stop")
+    daemon.cli("enqueue", "--id", "b", "--", "true")
     text += scrape()  # with a pending job: the oldest-pending gauge is present
     exported = {m.group(0) for m in METRIC.finditer(text)}
     dashboard = json.loads((SHIPPED / "grafana-dashboard.json").read_text())

@@ -2,7 +2,9 @@
 // Text from the queue (commands, ids, output) is only ever set as textContent: never HTML.
 "use strict";
 
-const STATES = ["pending", "processing", "completed", "failed", "dead"];
+const STATES = ["pending", "waiting", "processing", "completed", "failed", "dead", "cancelled"];
+const FINISHED = ["completed", "dead", "cancelled"];
+const NOT_STARTED = ["pending", "waiting", "failed"];
 const $ = (id) => document.getElementById(id);
 let refreshTimer = null;
 
@@ -66,6 +68,11 @@ async function showCounts() {
     });
     box.append(card);
   }
+  const queues = $("queue-filter");
+  const known = new Set([...queues.options].map((o) => o.value));
+  for (const name of Object.keys(status.queues || {})) {
+    if (!known.has(name)) queues.append(el("option", name));
+  }
   const w = status.workers;
   $("workers-state").textContent = `${w.running} running, ${w.busy} busy`;
   $("workers-state").dataset.desired = w.desired;
@@ -74,8 +81,10 @@ async function showCounts() {
 
 async function showList() {
   const state = $("state-filter").value;
+  const queue = $("queue-filter").value;
   const query = new URLSearchParams({ limit: "1" });
   if (state) query.set("state", state);
+  if (queue) query.set("queue", queue);
   // The newest 200: ask for the total first, then the last page.
   const first = await api("GET", `/jobs?${query}`);
   query.set("limit", "200");
@@ -89,6 +98,7 @@ async function showList() {
     row.append(
       el("td", job.id),
       cell(el("span", job.state, `state state-${job.state}`)),
+      el("td", job.queue, "wide"),
       el("td", job.attempts),
       el("td", job.command, "cmd wide"),
       el("td", when(job.updated_at)),
@@ -104,11 +114,14 @@ async function showJob(id) {
   $("job-id").textContent = job.id;
   $("job-state").textContent = job.state;
   $("job-state").className = `badge state-${job.state}`;
-  $("retry").hidden = job.state !== "dead";
+  $("retry").hidden = !FINISHED.includes(job.state);
+  $("cancel").hidden = !NOT_STARTED.includes(job.state);
+  $("kill").hidden = job.state !== "processing";
   const fields = $("job-fields");
   fields.replaceChildren();
   for (const [name, value] of [
-    ["command", job.command], ["directory", job.cwd], ["attempts", job.attempts],
+    ["command", job.command], ["queue", job.queue], ["priority", job.priority],
+    ["directory", job.cwd], ["attempts", job.attempts],
     ["max retries", job.max_retries], ["timeout", `${job.timeout} s`],
     ["created", when(job.created_at)], ["last error", job.last_error],
   ]) {
@@ -167,6 +180,7 @@ function follow() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  for (const state of STATES) $("state-filter").append(el("option", state));
   $("workers-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     try {
@@ -176,14 +190,18 @@ document.addEventListener("DOMContentLoaded", () => {
       refresh();
     } catch (err) { say(err.message); }
   });
-  $("retry").addEventListener("click", async () => {
+  const action = (button, verb, done) => $(button).addEventListener("click", async () => {
     try {
-      const job = await api("POST", `/jobs/${encodeURIComponent(route())}/retry`);
-      say(`job ${job.id} moved from the DLQ to pending`, true);
+      await api("POST", `/jobs/${encodeURIComponent(route())}/${verb}`);
+      say(`job ${route()} ${done}`, true);
       refresh();
     } catch (err) { say(err.message); }
   });
+  action("retry", "retry", "will run again");
+  action("cancel", "cancel", "is cancelled");
+  action("kill", "kill", "is being stopped");
   $("state-filter").addEventListener("change", refresh);
+  $("queue-filter").addEventListener("change", refresh);
   window.addEventListener("hashchange", () => { say(""); refresh(); });
   follow();
   refresh();
