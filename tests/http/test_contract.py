@@ -32,7 +32,8 @@ MAX_EXAMPLES = "15"
 SETTING = "PUT /config/{key}"
 
 
-def schemathesis(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+def schemathesis(gateway: Gateway, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``schemathesis run`` on the gateway's document; its caches go to ``workdir``."""
     tool = Path(sys.executable).with_name("schemathesis")
     result = subprocess.run(
         [
@@ -46,7 +47,7 @@ def schemathesis(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[st
         capture_output=True,
         text=True,
         timeout=500,
-        cwd=HERE,
+        cwd=workdir,
         env={**gateway.daemon.cli_env(), "SCHEMATHESIS_HOOKS": "st_hooks",
              "PYTHONPATH": str(HERE)},
     )  # fmt: skip
@@ -62,16 +63,25 @@ def failures(result: subprocess.CompletedProcess[str]) -> str:
     return (out[start : start + 12000] if start >= 0 else out[-6000:]) + result.stderr[-2000:]
 
 
-def test_every_operation_keeps_its_contract(daemon: QueueDaemon, gateway: Gateway) -> None:
-    result = schemathesis(gateway, "--exclude-name", SETTING)
+def test_every_operation_keeps_its_contract(
+    daemon: QueueDaemon, gateway: Gateway, tmp_path: Path
+) -> None:
+    result = schemathesis(gateway, tmp_path, "--exclude-name", SETTING)
     assert result.returncode == 0, failures(result)
     tested = re.search(r"Tested: (\d+)", result.stdout)
     assert tested and int(tested.group(1)) >= 20, result.stdout[-3000:]
     assert gateway.running()
 
 
-def test_setting_operation_keeps_its_contract(daemon: QueueDaemon, gateway: Gateway) -> None:
+def test_setting_operation_keeps_its_contract(
+    daemon: QueueDaemon, gateway: Gateway, tmp_path: Path
+) -> None:
     result = schemathesis(
-        gateway, "--include-name", SETTING, "--exclude-checks", "positive_data_acceptance"
+        gateway,
+        tmp_path,
+        "--include-name",
+        SETTING,
+        "--exclude-checks",
+        "positive_data_acceptance",
     )
     assert result.returncode == 0, failures(result)
