@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -50,8 +51,25 @@ def browser() -> Iterator[WebDriver]:
 
 
 def text_of(driver: WebDriver, css: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    # The page redraws its lists on every event: an element found may be gone when read.
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""
+
+
+def click(driver: WebDriver, css: str) -> None:
+    """Click what ``css`` finds, again if a redraw replaced it in between."""
+
+    def clicked(d: WebDriver) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, css).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    WebDriverWait(driver, WAIT_S).until(clicked, f"could not click {css}")
 
 
 def wait_text(driver: WebDriver, css: str, expected: str) -> None:
@@ -105,11 +123,11 @@ def test_dashboard_follows_and_steers_the_queue(
     daemon.cli("enqueue", "--id", "doomed", "--max-retries", "0", "--", "echo doomed; exit 3")
     wait_count(browser, "dead", 1)
     set_workers(browser, 0)
-    browser.find_element(By.CSS_SELECTOR, "tr[data-id='doomed']").click()
+    click(browser, "tr[data-id='doomed']")
     wait_text(browser, "#job-state", "dead")
     wait_text(browser, "#job-log", "doomed")
     wait_text(browser, "#attempts", "failed")
-    browser.find_element(By.ID, "retry").click()
+    click(browser, "#retry")
     wait_text(browser, "#message", "job doomed will run again")
     wait_count(browser, "dead", 0)
     wait_count(browser, "pending", 1)
