@@ -3,6 +3,7 @@
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
+PROMTOOL := $(VENV)/bin/promtool
 STAMP   := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: demo test lint bench install clean test-deps install-service uninstall-service
@@ -26,9 +27,18 @@ lint: $(STAMP)
 test: lint test-deps
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-# Tools the suite needs beyond .venv: systemd-analyze verifies the unit files (Debian's
-# systemd package; it does not need systemd running). Installed when missing and root.
-test-deps:
+# Tools the suite needs beyond .venv, from Debian's packages: systemd-analyze verifies
+# the unit files (systemd; it does not need systemd running); chromium and
+# chromium-driver run the dashboard's browser test. Installed when missing and root.
+test-deps: $(PROMTOOL)
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "make: chromium or chromedriver is missing; install Debian's chromium and" \
+	         "chromium-driver packages (tests/http/test_browser.py fails without them)" >&2; \
+	  fi; }
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
@@ -37,6 +47,18 @@ test-deps:
 	    echo "make: systemd-analyze is missing; install the systemd package" \
 	         "(tests/integration/test_packaging.py will fail without it)" >&2; \
 	  fi; }
+
+# promtool checks the shipped Prometheus rules. Debian's prometheus package would also
+# install (and its postinst start) a Prometheus server; only promtool is wanted, so it is
+# taken out of the package file into .venv/bin, with no root and no service.
+$(PROMTOOL): | $(STAMP)
+	@tmp=$$(mktemp -d) && cd "$$tmp" && \
+	{ apt-get download -qq prometheus >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download -qq prometheus >/dev/null 2>&1; }; } && \
+	dpkg-deb -x prometheus_*.deb root && install -m 0755 root/usr/bin/promtool "$(CURDIR)/$@"; \
+	rc=$$?; rm -rf "$$tmp"; [ $$rc = 0 ] || \
+	echo "make: could not get promtool from Debian's prometheus package" \
+	     "(tests/http/test_prometheus.py fails without it)" >&2
 
 # Run queuectld as a system service: the `queuectl` user, a release in /opt/queuectl,
 # the units, /etc/queuectl/queuectld.toml; then start it (docs/operations.md).

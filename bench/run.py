@@ -389,6 +389,24 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def http_section(plan: Plan, errors: list[str]) -> dict[str, Any] | None:
+    """The HTTP gateway's enqueue rate and status latency beside the socket client's."""
+    from bench import http  # needs the http extra; only this section imports it
+
+    jobs = 1000 if plan.quick else 2000
+    r = _try(errors, "http", lambda: http.measure(jobs, plan.reps, plan.cli_samples))
+    if r is None:
+        return None
+    return {
+        "jobs": r["jobs"],
+        "connections": r["connections"],
+        "http_enqueue_jobs_per_s": summary(r["http_jobs_per_s"], 1),
+        "socket_enqueue_jobs_per_s": summary(r["socket_jobs_per_s"], 1),
+        "ratio_http_to_socket": summary(r["ratio"]),
+        "status_ms": r["status"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument(
@@ -410,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         default="drain,batch,cli,pickup,claim,rss,scale,concurrency",
-        help="comma-separated sections to run (default: all of %(default)s)",
+        help="comma-separated sections to run (default: all of %(default)s; "
+        "`http` measures the HTTP gateway, on request only)",
     )
     ap.add_argument(
         "--conc",
@@ -469,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
             res["claim"] = claim_section(plan, errors)
         if "concurrency" in sections:
             res["concurrency"] = concurrency_section(plan, available, errors)
+        if "http" in sections:
+            res["http"] = http_section(plan, errors)
     finally:
         cleanup()
     res["errors"] = errors

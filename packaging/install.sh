@@ -16,6 +16,8 @@
 #     kept (a running daemon keeps using its own until it restarts; rollback = relink);
 #   * installs queuectld.service and queuectld.socket into /usr/local/lib/systemd/system
 #     and the per-user unit into /usr/local/lib/systemd/user;
+#   * installs queuectl-http.service (the HTTP gateway, user queuectl-http; not enabled:
+#     `systemctl enable --now queuectl-http`) and /etc/queuectl/http.toml;
 #   * installs /etc/queuectl/queuectld.toml unless one exists (then: queuectld.toml.dist);
 #   * checks the configuration, reloads systemd, enables the socket and the service,
 #     and starts them, or restarts a running service (which drains: no job is lost).
@@ -67,7 +69,11 @@ uninstall() {
     if have_systemd; then
         systemctl disable --now queuectld.socket queuectld.service 2>/dev/null || true
     fi
+    if have_systemd; then
+        systemctl disable --now queuectl-http.service 2>/dev/null || true
+    fi
     rm -f "$DESTDIR$UNITDIR/queuectld.service" "$DESTDIR$UNITDIR/queuectld.socket" \
+          "$DESTDIR$UNITDIR/queuectl-http.service" \
           "$DESTDIR$USERUNITDIR/queuectld.service" \
           "$DESTDIR$BINDIR/queuectl" "$DESTDIR$BINDIR/queuectld" \
           "$DESTDIR/etc/logrotate.d/queuectld" \
@@ -80,6 +86,8 @@ uninstall() {
         rm -rf "$DESTDIR$CONFDIR" "$DESTDIR/var/lib/queuectl" "$DESTDIR/var/log/queuectl" \
                "$DESTDIR/run/queuectl"
         if [ -z "$DESTDIR" ]; then
+            if getent passwd "$NAME-http" >/dev/null; then userdel "$NAME-http"; fi
+            if getent group "$NAME-http" >/dev/null; then groupdel "$NAME-http"; fi
             if getent passwd "$NAME" >/dev/null; then userdel "$NAME"; fi
             if getent group "$NAME" >/dev/null; then groupdel "$NAME"; fi
         fi
@@ -102,6 +110,14 @@ create_user() {
                 --shell "$nologin" --comment "queuectl job queue" "$NAME"
         say "created user $NAME"
     fi
+    # The HTTP gateway's own user, in the queue's group so that it may use the socket.
+    if ! getent passwd "$NAME-http" >/dev/null; then
+        nologin=/usr/sbin/nologin
+        [ -x "$nologin" ] || nologin=/sbin/nologin
+        useradd --system --user-group --groups "$NAME" --home-dir /nonexistent \
+                --no-create-home --shell "$nologin" --comment "queuectl HTTP gateway" "$NAME-http"
+        say "created user $NAME-http"
+    fi
 }
 
 install_program() {
@@ -116,7 +132,8 @@ install_program() {
     trap 'rm -rf "$build"' EXIT
     tar -C "$SRC" --exclude=.venv --exclude=.git --exclude='*.egg-info' --exclude=build \
         -cf - setup.cfg pyproject.toml README.md queuectl queuectld | tar -C "$build" -xf -
-    "$DESTDIR$release/bin/python" -m pip install --quiet --disable-pip-version-check "$build"
+    # With the http extra: queuectl-http.service runs the gateway from this release.
+    "$DESTDIR$release/bin/python" -m pip install --quiet --disable-pip-version-check "$build[http]"
     ln -sfn "releases/$name" "$DESTDIR$PREFIX/current.new"
     mv -T "$DESTDIR$PREFIX/current.new" "$DESTDIR$PREFIX/current"
     mkdir -p "$DESTDIR$BINDIR"
@@ -137,10 +154,15 @@ install_files() {
     install -d "$DESTDIR$UNITDIR" "$DESTDIR$USERUNITDIR" "$DESTDIR$DOCDIR" \
                "$DESTDIR$CONFDIR" "$DESTDIR/etc/logrotate.d"
     install -m 0644 "$SRC/packaging/systemd/queuectld.service" \
-                    "$SRC/packaging/systemd/queuectld.socket" "$DESTDIR$UNITDIR/"
+                    "$SRC/packaging/systemd/queuectld.socket" \
+                    "$SRC/packaging/systemd/queuectl-http.service" "$DESTDIR$UNITDIR/"
     install -m 0644 "$SRC/packaging/systemd/user/queuectld.service" "$DESTDIR$USERUNITDIR/"
     install -m 0644 "$SRC/packaging/logrotate/queuectld" "$DESTDIR/etc/logrotate.d/queuectld"
-    install -m 0644 "$SRC/docs/operations.md" "$DESTDIR$DOCDIR/"
+    install -m 0644 "$SRC/docs/operations.md" "$SRC/docs/http.md" "$DESTDIR$DOCDIR/"
+    install -m 0644 "$SRC/packaging/systemd/dropins/http-token.conf" "$DESTDIR$DOCDIR/"
+    if [ ! -e "$DESTDIR$CONFDIR/http.toml" ]; then
+        install -m 0644 "$SRC/etc/queuectl/http.toml" "$DESTDIR$CONFDIR/http.toml"
+    fi
     conf="$DESTDIR$CONFDIR/queuectld.toml"
     if [ -e "$conf" ]; then
         if ! cmp -s "$SRC/etc/queuectl/queuectld.toml" "$conf"; then
@@ -177,6 +199,7 @@ start_service() {
     fi
     systemctl --no-pager --lines=0 status queuectld.service || true
     say "ready. Let a user submit jobs with: usermod -aG $NAME <user> (then log in again)"
+    say "the HTTP gateway (docs/http.md): systemctl enable --now queuectl-http"
 }
 
 if [ "$action" = uninstall ]; then

@@ -1218,6 +1218,40 @@ def config_list(c: Context, wide: bool, as_json: bool) -> None:
     )
 
 
+@cli.command("http")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="address to serve on [default: 127.0.0.1:8080, or listen in the config file]; "
+    "any address but loopback needs a token",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="gateway settings (TOML: listen, token_file, max_body_bytes, allowed_origins)",
+)
+@pass_ctx
+def http_cmd(c: Context, listen: str | None, config_file: str | None) -> None:
+    """Serve the REST API, Prometheus metrics and the dashboard (the `http` extra).
+
+    The token comes from QUEUECTL_HTTP_TOKEN, QUEUECTL_HTTP_TOKEN_FILE or the config
+    file, never from the command line. See docs/http.md.
+    """
+    try:
+        from queuectl.http import serve, settings
+    except ImportError as exc:
+        raise click.UsageError(
+            f"the HTTP gateway needs the http extra ({exc.name} is missing): "
+            "pip install 'queuectl[http]'"
+        ) from None
+    try:
+        conf = settings.load(listen, config_file, c.socket)
+    except settings.SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    serve.run(conf, autostart=c.autostart)
+
+
 @cli.command()
 @pass_ctx
 def shutdown(c: Context) -> None:

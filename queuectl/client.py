@@ -193,6 +193,27 @@ class Client:
     def close(self) -> None:
         self._sock.close()
 
+    def abort(self) -> None:
+        """End the connection from another thread: a read blocked in it returns at once."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed or never connected: nothing is blocked on it
+
+    def idle_and_open(self) -> bool:
+        """True unless the daemon has hung up this idle connection (looked at, not waited for).
+
+        A long-lived client (the HTTP gateway keeps one per thread) asks before reusing
+        a connection, so that a restarted daemon costs a reconnect, not a failed request.
+        """
+        if self._pending:
+            return False  # an unread frame on an idle connection: start afresh
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable  # an idle connection only turns readable at EOF
+
     def __enter__(self) -> Client:
         return self
 

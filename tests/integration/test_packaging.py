@@ -28,7 +28,12 @@ UNITS = ROOT / "packaging" / "systemd"
 SYSTEM_UNITS = ["queuectld.service", "queuectld.socket"]
 USER_UNIT = "user/queuectld.service"
 SHIPPED_CONFIG = ROOT / "etc" / "queuectl" / "queuectld.toml"
+HTTP_UNIT = "queuectl-http.service"
+HTTP_CONFIG = ROOT / "etc" / "queuectl" / "http.toml"
 INSTALLED_BIN = "/usr/local/bin/queuectld"
+INSTALLED_CLI = "/usr/local/bin/queuectl"
+# The gateway's unit is rated by the same tool (docs/http.md states the score).
+MAX_HTTP_EXPOSURE = 1.5
 # The exposure `systemd-analyze security` gives queuectld.service (docs/operations.md);
 # a change to the unit that makes it worse fails here.
 MAX_EXPOSURE = 2.0
@@ -52,11 +57,12 @@ def staged_units(tmp_path: Path) -> Path:
     """
     here = str(Path(sys.executable).with_name("queuectld"))
     assert os.access(here, os.X_OK), f"{here} missing: run `make install` first"
+    cli = str(Path(sys.executable).with_name("queuectl"))
     out = tmp_path / "units"
     (out / "user").mkdir(parents=True)
-    for name in [*SYSTEM_UNITS, USER_UNIT]:
-        text = (UNITS / name).read_text()
-        (out / name).write_text(text.replace(INSTALLED_BIN, here))
+    for name in [*SYSTEM_UNITS, USER_UNIT, HTTP_UNIT]:
+        text = (UNITS / name).read_text().replace(INSTALLED_BIN, here)
+        (out / name).write_text(text.replace(f"{INSTALLED_CLI} ", f"{cli} "))
     return out
 
 
@@ -123,6 +129,63 @@ def test_security_exposure(tmp_path: Path) -> None:
     assert score <= MAX_EXPOSURE
     doc = (ROOT / "docs" / "operations.md").read_text()
     assert f"{score:.1f}" in doc, "docs/operations.md states another exposure score"
+
+
+def _exposure(tool: str, unit_path: Path) -> float:
+    result = run([tool, "security", "--offline=yes", str(unit_path)])
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)
+    assert match, result.stdout
+    return float(match.group(1))
+
+
+def test_http_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
+    tool = systemd_analyze()
+    units = staged_units(tmp_path)
+    result = run([tool, "verify", str(units / HTTP_UNIT)])
+    assert result.returncode == 0 and not (result.stderr + result.stdout).strip(), (
+        result.stdout + result.stderr
+    )
+    score = _exposure(tool, units / HTTP_UNIT)
+    print(f"\nsystemd-analyze security {HTTP_UNIT}: {score}")
+    assert score <= MAX_HTTP_EXPOSURE
+    assert f"rates this unit {score:.1f}" in (UNITS / HTTP_UNIT).read_text()
+    assert f"{score:.1f}" in (ROOT / "docs" / "http.md").read_text()
+    # With the token drop-in (a non-loopback bind) it still verifies and stays hardened.
+    dropins = units / f"{HTTP_UNIT}.d"
+    dropins.mkdir()
+    shutil.copy(UNITS / "dropins" / "http-token.conf", dropins / "token.conf")
+    result = run([tool, "verify", str(units / HTTP_UNIT)])
+    assert result.returncode == 0 and not (result.stderr + result.stdout).strip(), (
+        result.stdout + result.stderr
+    )
+    assert _exposure(tool, units / HTTP_UNIT) <= MAX_HTTP_EXPOSURE
+
+
+def test_http_unit_settings() -> None:
+    parsed = unit(HTTP_UNIT)
+    service = parsed["Service"]
+    assert "queuectld.service" in parsed["Unit"]["After"]
+    assert parsed["Unit"]["Wants"] == "queuectld.socket"
+    assert service["User"] == "queuectl-http" and service["SupplementaryGroups"] == "queuectl"
+    assert service["ExecStart"] == (
+        f"{INSTALLED_CLI} --socket {SYSTEM_SOCKET} --no-autostart http "
+        "--config /etc/queuectl/http.toml"
+    )
+    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+    assert service["IPAddressDeny"] == "any" and service["IPAddressAllow"] == "localhost"
+    assert service["RestartPreventExitStatus"] == "2"
+    dropin = configparser.RawConfigParser(strict=False, delimiters=("=",))
+    dropin.optionxform = str  # type: ignore[assignment,method-assign]
+    dropin.read(UNITS / "dropins" / "http-token.conf")
+    assert dropin["Service"]["Environment"] == "QUEUECTL_HTTP_TOKEN_FILE=%d/token"
+
+
+def test_shipped_http_config_loads() -> None:
+    from queuectl.http import settings
+
+    loaded = settings.load(config=str(HTTP_CONFIG), env={})
+    assert (loaded.host, loaded.port, loaded.token) == ("127.0.0.1", 8080, None)
 
 
 def test_service_unit_settings() -> None:
@@ -204,9 +267,12 @@ def test_installer_stages_units_config_and_docs(tmp_path: Path) -> None:
     result = run(["sh", str(script), "--units-only"], env={"DESTDIR": str(dest)})
     assert result.returncode == 0, result.stdout + result.stderr
     unit_dir = dest / "usr/local/lib/systemd"
-    for name in SYSTEM_UNITS:
+    for name in [*SYSTEM_UNITS, HTTP_UNIT]:
         assert (unit_dir / "system" / name).read_text() == (UNITS / name).read_text()
     assert (unit_dir / "user/queuectld.service").exists()
+    assert (dest / "etc/queuectl/http.toml").read_text() == HTTP_CONFIG.read_text()
+    assert (dest / "usr/local/share/doc/queuectl/http.md").exists()
+    assert (dest / "usr/local/share/doc/queuectl/http-token.conf").exists()
     conf = dest / "etc/queuectl/queuectld.toml"
     assert conf.read_text() == SHIPPED_CONFIG.read_text()
     assert (dest / "usr/local/share/doc/queuectl/operations.md").exists()
@@ -220,6 +286,7 @@ def test_installer_stages_units_config_and_docs(tmp_path: Path) -> None:
     result = run(["sh", str(script), "--uninstall"], env={"DESTDIR": str(dest)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (unit_dir / "system/queuectld.service").exists()
+    assert not (unit_dir / f"system/{HTTP_UNIT}").exists()
     assert conf.exists()  # configuration and data stay without --purge
 
 
