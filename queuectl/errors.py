@@ -80,6 +80,13 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class StoreUnavailable(Unavailable):
+    """The daemon runs but cannot reach its store (a PostgreSQL restart, a lost
+    connection, a full pool); it retries by itself, so the request can be retried."""
+
+    code = "store_unavailable"
+
+
 class ProtocolError(QueuectlError):
     """A frame could not be read: bad length, bad msgpack, wrong version."""
 
@@ -102,6 +109,7 @@ ERRORS_BY_CODE: dict[str, type[QueuectlError]] = {
         StorageFull,
         Unavailable,
         ShuttingDown,
+        StoreUnavailable,
         ProtocolError,
         InternalError,
     )

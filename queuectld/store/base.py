@@ -11,9 +11,10 @@ from __future__ import annotations
 import abc
 import collections
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from queuectl.errors import Conflict, InvalidRequest, NotFound
 from queuectl.protocol import FINAL_STATES, JobState, SortKey
@@ -98,6 +99,32 @@ class ScheduleRow:
     next_at: float
     last_at: float | None = None
     last_job: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """One daemon of the cluster, as it registered itself (several share a PostgreSQL
+    store; a SQLite store has one)."""
+
+    name: str  # its node_id: the lease owner of every job it runs
+    host: str  # the machine it runs on
+    pid: int
+    started_at: float  # this start of it (a restart registers again)
+    heartbeat_at: float
+    slots: int  # jobs it may run at once (its worker count)
+    socket: str  # its control socket: job logs are fetched through it
+    stopped_at: float | None = None  # set by a clean stop
+    rescued_at: float | None = None  # set when a survivor took its jobs back
+    running: int = 0  # processing jobs it holds (filled in by Store.nodes)
+
+
+class WakeupSource(Protocol):
+    """Tells the daemon that another user of the store may have made work for it."""
+
+    async def run(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` at each such event, until cancelled. Reconnects by itself after a
+        failure (logging one line), and calls ``wake`` after each reconnect, since events
+        may have been missed meanwhile."""
 
 
 class Store(abc.ABC):
@@ -545,6 +572,42 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def next_schedule_at(self) -> float | None:
         """The earliest ``next_at`` of a schedule that is not paused."""
+
+    # -- cluster membership ---------------------------------------------------
+
+    @abc.abstractmethod
+    def register_node(self, node: NodeRow) -> NodeRow | None:
+        """Record ``node`` as running: insert its row, or replace the row of that name
+        (``stopped_at``/``rescued_at`` cleared). Returns the row it replaced, if any."""
+
+    @abc.abstractmethod
+    def heartbeat_node(self, name: str, started_at: float, now: float, slots: int) -> bool:
+        """Record that the node ``name`` started at ``started_at`` is alive with
+        ``slots``. ``False`` (nothing changed) when the row of ``name`` belongs to
+        another start, or was rescued: another daemon took over the name or its jobs."""
+
+    @abc.abstractmethod
+    def stop_node(self, name: str, started_at: float, now: float) -> None:
+        """Mark the node ``name`` (of that start) as stopped cleanly."""
+
+    @abc.abstractmethod
+    def nodes(self) -> list[NodeRow]:
+        """Every registered node, by name, with the count of jobs each holds now."""
+
+    @abc.abstractmethod
+    def take_dead_nodes(self, stale_before: float, now: float) -> list[NodeRow]:
+        """Take on the rescue of the nodes whose last heartbeat is before
+        ``stale_before`` and that neither stopped nor were rescued: mark them rescued at
+        ``now`` and return them. Two callers (two daemons) never get the same node."""
+
+    def wakeup_source(self) -> WakeupSource | None:
+        """Events from other users of the store (PostgreSQL LISTEN/NOTIFY); ``None``
+        when the daemon is its only user (SQLite)."""
+        return None
+
+    def describe(self) -> str:
+        """Where the store is, for logs and errors (no password)."""
+        return type(self).__name__
 
     # -- settings -------------------------------------------------------------
 
