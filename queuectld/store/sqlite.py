@@ -24,9 +24,10 @@ from queuectld.jobs import (
     can_transition,
 )
 from queuectld.queues import QueueLimits
-from queuectld.store.base import JobFilter, Purged, ScheduleRow, Store
+from queuectld.store.base import JobFilter, NodeRow, Purged, ScheduleRow, Store
+from queuectld.store.common import node_from_row, node_params
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -50,7 +51,7 @@ _SQL = resources.files("queuectld.store") / "sql"
 Q = load_queries((_SQL / "queries.sql").read_text())
 SCHEMA = (_SQL / "schema.sql").read_text()
 # Scripts that bring a database of version N-1 to N (before SCHEMA adds what is new).
-MIGRATIONS = {v: (_SQL / f"migrate_{v}.sql").read_text() for v in (2, 3, 4)}
+MIGRATIONS = {v: (_SQL / f"migrate_{v}.sql").read_text() for v in (2, 3, 4, 5)}
 
 
 def _wrap(exc: sqlite3.Error) -> QueuectlError:
@@ -761,6 +762,30 @@ class SQLiteStore(Store):
     def next_schedule_at(self) -> float | None:
         row = self._run("next_schedule_at").fetchone()
         return None if row is None or row["at"] is None else float(row["at"])
+
+    # -- cluster membership ---------------------------------------------------
+
+    def register_node(self, node: NodeRow) -> NodeRow | None:
+        row = self._run("get_node", {"name": node.name}).fetchone()
+        self._run("register_node", node_params(node))
+        return None if row is None else node_from_row(row)
+
+    def heartbeat_node(self, name: str, started_at: float, now: float, slots: int) -> bool:
+        params = {"name": name, "started_at": started_at, "now": now, "slots": slots}
+        return self._run("heartbeat_node", params).rowcount > 0
+
+    def stop_node(self, name: str, started_at: float, now: float) -> None:
+        self._run("stop_node", {"name": name, "started_at": started_at, "now": now})
+
+    def nodes(self) -> list[NodeRow]:
+        return [node_from_row(r, int(r["running"])) for r in self._run("nodes")]
+
+    def take_dead_nodes(self, stale_before: float, now: float) -> list[NodeRow]:
+        rows = self._run("take_dead_nodes", {"stale_before": stale_before, "now": now})
+        return sorted((node_from_row(r) for r in rows), key=lambda n: n.name)
+
+    def describe(self) -> str:
+        return str(self.path)
 
     # -- settings -------------------------------------------------------------
 
