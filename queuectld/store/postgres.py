@@ -11,6 +11,7 @@ id numbers are taken under row locks.
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -315,6 +316,21 @@ class PostgresStore(SQLStore):
 
     # -- what differs from SQLite -------------------------------------------------
 
+    def _claim_rows(self, allowed: dict[str, int], limit: int, params: dict[str, Any]) -> list[Any]:
+        """Several queues: how many of each the claim order picks, then each queue's
+        share claimed off jobs_ready with SKIP LOCKED. Locking the candidates while
+        choosing would keep the ones not chosen from the other hosts until commit;
+        claiming chosen seqs instead could find them taken by another host and come
+        back short while other jobs are ready."""
+        if len(allowed) == 1:
+            return super()._claim_rows(allowed, limit, params)
+        shares = collections.Counter(queue for queue, _ in self._ready(allowed, limit))
+        claimed: list[Any] = []
+        for queue, n in shares.items():
+            rows = self._run("claim_from_queue", {**params, "queue": queue, "limit": n})
+            claimed += rows.fetchall()
+        return claimed
+
     def count_by_queue(self, owner_uid: int | None = None) -> dict[str, dict[JobState, int]]:
         if owner_uid is None:
             self._fold_counts()
@@ -377,7 +393,10 @@ class PgWakeups:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    application_name=f"queuectld-wakeups/{self.channel}",
                 )
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
