@@ -19,6 +19,7 @@ from queuectl.errors import InternalError, StoreUnavailable
 from queuectl.protocol import JobState
 from queuectld.jobs import Claim, NewJob
 from queuectld.queues import QueueLimits
+from queuectld.store import open_store
 from queuectld.store.base import NodeRow
 from queuectld.store.postgres import FOLD_OVER, SCHEMA_VERSION, PostgresStore, Q
 from tests.pg import PG_URL, pg_schema
@@ -297,5 +298,21 @@ def test_the_claim_reads_the_jobs_ready_index(schema: str) -> None:
                 )
                 assert "jobs_ready" in plan, plan
                 assert "Seq Scan" not in plan, plan
+    finally:
+        store.close()
+
+
+def test_an_unreachable_server_is_store_unavailable() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test", "q")
+    with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:1/test"):
+        store.open()
+
+
+def test_open_store_opens_postgresql_urls(schema: str) -> None:
+    store = open_store(PG_URL, schema)
+    try:
+        assert isinstance(store, PostgresStore)
+        assert store.describe() == f"postgresql://127.0.0.1:5432/test (schema {schema})"
+        assert one(store, lambda s: s.schema_version()) == SCHEMA_VERSION
     finally:
         store.close()
