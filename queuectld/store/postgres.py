@@ -219,8 +219,8 @@ class PostgresStore(SQLStore):
                 self.conn.execute(
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
                 )
-                for statement in SCHEMA:
-                    self.conn.execute(statement.replace("%", "%%"))
+                for statement in SCHEMA:  # no parameters: sent as written
+                    self.conn.execute(statement)
             except psycopg.Error as exc:
                 raise self._wrap(exc) from exc
             self._run("set_meta", {"key": "schema_version", "value": str(SCHEMA_VERSION)})
@@ -390,6 +390,7 @@ class PgWakeups:
         """Listen until cancelled. ``wake`` is also called each time LISTEN is in place
         (the first connect, every reconnect): events may have been missed before."""
         delay = self.FIRST_DELAY
+        lost = False  # one warning per loss, not one per failed retry
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
@@ -400,16 +401,21 @@ class PgWakeups:
                 )
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-                    delay = self.FIRST_DELAY
+                    if lost:
+                        log.info("store_wakeups_back", store=self.where)
+                    lost, delay = False, self.FIRST_DELAY
                     wake()
                     async for _ in conn.notifies():
                         wake()
             except psycopg.Error as exc:
-                log.warning(
-                    "store_wakeups_lost",
-                    store=self.where,
-                    error=str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
-                    retry_in=delay,
-                )
+                if not lost:
+                    text = str(exc).strip()
+                    log.warning(
+                        "store_wakeups_lost",
+                        store=self.where,
+                        error=text.splitlines()[0] if text else type(exc).__name__,
+                        retry_in=delay,
+                    )
+                    lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.MAX_DELAY)
