@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -17,7 +18,7 @@ import pytest
 
 from queuectl.errors import InternalError, StoreUnavailable
 from queuectl.protocol import JobState
-from queuectld.jobs import Claim, NewJob
+from queuectld.jobs import Claim, Job, NewJob
 from queuectld.queues import QueueLimits
 from queuectld.store import open_store
 from queuectld.store.base import NodeRow
@@ -316,3 +317,55 @@ def test_open_store_opens_postgresql_urls(schema: str) -> None:
         assert one(store, lambda s: s.schema_version()) == SCHEMA_VERSION
     finally:
         store.close()
+
+
+def test_hosts_enqueuing_at_once_get_distinct_ids(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    start = threading.Barrier(2)
+    made: list[str] = []
+    errors: list[BaseException] = []
+
+    def enqueue(store: PostgresStore) -> None:
+        try:
+            start.wait(WAIT)
+            for _ in range(40):
+                made.extend(j.id for j in insert(store, NewJob("true"), NewJob("true")))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueue, args=(s,)) for s in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 2)
+    assert not errors, errors
+    assert sorted(made, key=int) == [str(i) for i in range(1, 161)]
+
+
+def test_a_unique_key_taken_by_another_host_meanwhile_returns_its_job(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """Host b looked for the key before host a committed its job: b's insert fails on
+    the unique index once a commits, and b returns a's job instead of an error."""
+    a, b = hosts
+    got: list[object] = []
+    with a.transaction():
+        (mine,) = a.insert_jobs([NewJob("true", unique_key="k")], T0)
+        t = threading.Thread(
+            target=lambda: got.append(insert(b, NewJob("echo b", unique_key="k"))[0])
+        )
+        t.start()
+        # Wait until b is blocked behind a's uncommitted rows (a lock wait).
+        deadline = time.monotonic() + WAIT
+        while not raw(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+            " AND wait_event_type = 'Lock'",
+            (f"queuectld/{b.schema}",),
+        ):
+            assert time.monotonic() < deadline, "host b never waited for host a"
+            time.sleep(0.01)
+    t.join(WAIT)
+    (theirs,) = got
+    assert isinstance(theirs, Job) and theirs.id == mine.id and theirs.command == "true"
+    assert [j.id for j in one(b, lambda s: list(s.iter_all()))] == [mine.id]
