@@ -14,9 +14,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 import psycopg
+import psycopg_pool
 import pytest
+from psycopg import errors as pg_errors
 
-from queuectl.errors import InternalError, StoreUnavailable
+from queuectl.errors import InternalError, StorageFull, StoreUnavailable
 from queuectl.protocol import JobState
 from queuectld.jobs import Claim, Job, NewJob
 from queuectld.queues import QueueLimits
@@ -369,3 +371,21 @@ def test_a_unique_key_taken_by_another_host_meanwhile_returns_its_job(
     (theirs,) = got
     assert isinstance(theirs, Job) and theirs.id == mine.id and theirs.command == "true"
     assert [j.id for j in one(b, lambda s: list(s.iter_all()))] == [mine.id]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (pg_errors.DiskFull("could not extend file"), StorageFull),
+        (pg_errors.DeadlockDetected("deadlock detected"), StoreUnavailable),
+        (pg_errors.SerializationFailure("could not serialize"), StoreUnavailable),
+        (pg_errors.AdminShutdown("terminating connection"), StoreUnavailable),
+        (pg_errors.TooManyConnections("too many clients"), StoreUnavailable),
+        (psycopg_pool.PoolTimeout("couldn't get a connection"), StoreUnavailable),
+        (pg_errors.UndefinedTable("no such table"), InternalError),
+    ],
+)
+def test_driver_errors_map_to_stable_codes(error: Exception, expected: type) -> None:
+    """The daemon retries what is unavailable; a full disk and a bug say so instead."""
+    mapped = PostgresStore(PG_URL, "q")._wrap(error)
+    assert type(mapped) is expected
