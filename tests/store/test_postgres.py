@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 import psycopg
+import psycopg_pool
 import pytest
+from psycopg import errors as pg_errors
 
-from queuectl.errors import InternalError, StoreUnavailable
+from queuectl.errors import InternalError, StorageFull, StoreUnavailable
 from queuectl.protocol import JobState
-from queuectld.jobs import Claim, NewJob
+from queuectld.jobs import Claim, Job, NewJob
 from queuectld.queues import QueueLimits
 from queuectld.store import open_store
 from queuectld.store.base import NodeRow
@@ -273,14 +276,15 @@ def test_counts_stay_right_after_folding(hosts: tuple[PostgresStore, PostgresSto
     assert_counts_match(b)
 
 
-def test_the_claim_reads_the_jobs_ready_index(schema: str) -> None:
+def test_the_claim_reads_the_partial_indexes(schema: str) -> None:
     store = PostgresStore(PG_URL, schema)
     store.open()
     try:
         raw(
             f'INSERT INTO "{schema}".jobs (id, command, state, queue, created_at, updated_at,'
-            " run_at) SELECT 'x' || i, 'true', CASE WHEN i % 10 = 0 THEN 'pending'"
-            " ELSE 'completed' END, 'q' || (i % 5), 0, 0, 0 FROM generate_series(1, 20000) i"
+            " run_at) SELECT 'x' || i, 'true', CASE i % 10 WHEN 0 THEN 'pending'"
+            " WHEN 1 THEN 'waiting' ELSE 'completed' END, 'q' || (i % 5), 0, 0, i"
+            " FROM generate_series(1, 20000) i"
         )
         raw(f'ANALYZE "{schema}".jobs')
         params = {
@@ -292,11 +296,16 @@ def test_the_claim_reads_the_jobs_ready_index(schema: str) -> None:
             "lease_margin": 1.0,
         }
         with store.transaction():
-            for name in ("claim_from_queue", "ready_in_queue"):
+            for name, index in (
+                ("claim_from_queue", "jobs_ready"),
+                ("ready_in_queue", "jobs_ready"),
+                ("next_timed_at", "jobs_timed"),
+                ("promote_due", "jobs_timed"),
+            ):
                 plan = "\n".join(
                     str(r["QUERY PLAN"]) for r in store.conn.execute("EXPLAIN " + Q[name], params)
                 )
-                assert "jobs_ready" in plan, plan
+                assert index in plan, plan
                 assert "Seq Scan" not in plan, plan
     finally:
         store.close()
@@ -316,3 +325,73 @@ def test_open_store_opens_postgresql_urls(schema: str) -> None:
         assert one(store, lambda s: s.schema_version()) == SCHEMA_VERSION
     finally:
         store.close()
+
+
+def test_hosts_enqueuing_at_once_get_distinct_ids(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    start = threading.Barrier(2)
+    made: list[str] = []
+    errors: list[BaseException] = []
+
+    def enqueue(store: PostgresStore) -> None:
+        try:
+            start.wait(WAIT)
+            for _ in range(40):
+                made.extend(j.id for j in insert(store, NewJob("true"), NewJob("true")))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueue, args=(s,)) for s in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 2)
+    assert not errors, errors
+    assert sorted(made, key=int) == [str(i) for i in range(1, 161)]
+
+
+def test_a_unique_key_taken_by_another_host_meanwhile_returns_its_job(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """Host b looked for the key before host a committed its job: b's insert fails on
+    the unique index once a commits, and b returns a's job instead of an error."""
+    a, b = hosts
+    got: list[object] = []
+    with a.transaction():
+        (mine,) = a.insert_jobs([NewJob("true", unique_key="k")], T0)
+        t = threading.Thread(
+            target=lambda: got.append(insert(b, NewJob("echo b", unique_key="k"))[0])
+        )
+        t.start()
+        # Wait until b is blocked behind a's uncommitted rows (a lock wait).
+        deadline = time.monotonic() + WAIT
+        while not raw(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+            " AND wait_event_type = 'Lock'",
+            (f"queuectld/{b.schema}",),
+        ):
+            assert time.monotonic() < deadline, "host b never waited for host a"
+            time.sleep(0.01)
+    t.join(WAIT)
+    (theirs,) = got
+    assert isinstance(theirs, Job) and theirs.id == mine.id and theirs.command == "true"
+    assert [j.id for j in one(b, lambda s: list(s.iter_all()))] == [mine.id]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (pg_errors.DiskFull("could not extend file"), StorageFull),
+        (pg_errors.DeadlockDetected("deadlock detected"), StoreUnavailable),
+        (pg_errors.SerializationFailure("could not serialize"), StoreUnavailable),
+        (pg_errors.AdminShutdown("terminating connection"), StoreUnavailable),
+        (pg_errors.TooManyConnections("too many clients"), StoreUnavailable),
+        (psycopg_pool.PoolTimeout("couldn't get a connection"), StoreUnavailable),
+        (pg_errors.UndefinedTable("no such table"), InternalError),
+    ],
+)
+def test_driver_errors_map_to_stable_codes(error: Exception, expected: type) -> None:
+    """The daemon retries what is unavailable; a full disk and a bug say so instead."""
+    mapped = PostgresStore(PG_URL, "q")._wrap(error)
+    assert type(mapped) is expected
