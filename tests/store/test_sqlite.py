@@ -17,6 +17,7 @@ import pytest
 from queuectl.errors import InternalError
 from queuectl.protocol import JobState
 from queuectld.jobs import NewJob
+from queuectld.store.base import NodeRow
 from queuectld.store.sqlite import SCHEMA_VERSION, Q, SQLiteStore
 from tests.store.test_contract import result_for
 
@@ -272,7 +273,7 @@ def test_a_version_2_database_gets_limits_and_accounting(tmp_path: Path) -> None
     store = SQLiteStore(path)
     store.open()
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         with store.transaction():
             job = store.get_job("old", with_history=True)
             assert job is not None and job.command == "echo old" and job.memory is None
@@ -306,7 +307,7 @@ def test_a_version_3_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     store.open()
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         with store.transaction():
             mail = store.get_job("mail")
             assert mail is not None
@@ -320,6 +321,33 @@ def test_a_version_3_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
             assert child.state is JobState.PENDING  # its parent had completed
             assert store.count_by_queue()["mail"] == {JobState.WAITING: 1}
             assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        store.close()
+
+
+def test_a_version_4_database_gets_the_nodes_table(tmp_path: Path) -> None:
+    """Version 5 (cluster membership) adds `nodes`; jobs and counts are kept."""
+    path = tmp_path / "queue.db"
+    raw = sqlite3.connect(path)
+    raw.executescript((Path(__file__).parent / "schema_v4.sql").read_text())
+    raw.execute("INSERT INTO meta VALUES ('schema_version', '4')")
+    raw.execute(
+        "INSERT INTO jobs (id, command, state, lease_owner, created_at, updated_at, run_at)"
+        " VALUES ('run', 'true', 'processing', 'n1', ?, ?, ?)",
+        (T0, T0, T0),
+    )
+    raw.commit()
+    raw.close()
+
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 5
+        with store.transaction():
+            assert store.get_job("run") is not None
+            assert store.count_by_queue() == {"default": {JobState.PROCESSING: 1}}
+            store.register_node(NodeRow("n1", "h", 1, T0, T0, 2, "/run/q.sock"))
+            assert [(n.name, n.running) for n in store.nodes()] == [("n1", 1)]
     finally:
         store.close()
 

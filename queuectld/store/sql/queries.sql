@@ -319,3 +319,34 @@ SELECT outcome, COUNT(*) AS n, AVG(finished_at - started_at) AS mean_s,
        MAX(finished_at - started_at) AS max_s, TOTAL(cpu_seconds) AS cpu_s,
        MAX(peak_bytes) AS peak
 FROM attempts WHERE finished_at IS NOT NULL GROUP BY outcome;
+
+-- name: get_node
+SELECT * FROM nodes WHERE name = :name;
+
+-- name: register_node
+-- A restart (or a new daemon taking the name) replaces the row: not stopped, not rescued.
+INSERT INTO nodes (name, host, pid, started_at, heartbeat_at, slots, socket)
+VALUES (:name, :host, :pid, :started_at, :heartbeat_at, :slots, :socket)
+ON CONFLICT (name) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+    heartbeat_at = excluded.heartbeat_at, slots = excluded.slots, socket = excluded.socket,
+    stopped_at = NULL, rescued_at = NULL;
+
+-- name: heartbeat_node
+UPDATE nodes SET heartbeat_at = :now, slots = :slots
+WHERE name = :name AND started_at = :started_at AND rescued_at IS NULL;
+
+-- name: stop_node
+UPDATE nodes SET stopped_at = :now WHERE name = :name AND started_at = :started_at;
+
+-- name: nodes
+-- Each node with the processing jobs it holds (a descent of jobs_leased each).
+SELECT n.*, (SELECT COUNT(*) FROM jobs j
+             WHERE j.state = 'processing' AND j.lease_owner = n.name) AS running
+FROM nodes n ORDER BY n.name;
+
+-- name: take_dead_nodes
+-- One statement: two daemons rescuing at once never both get a node.
+UPDATE nodes SET rescued_at = :now
+WHERE heartbeat_at < :stale_before AND stopped_at IS NULL AND rescued_at IS NULL
+RETURNING *;

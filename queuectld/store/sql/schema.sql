@@ -1,5 +1,5 @@
--- queuectl SQLite schema, version 4. Applied in one transaction by SQLiteStore.open() to a
--- new database; migrate_2.sql, migrate_3.sql and migrate_4.sql bring older databases here.
+-- queuectl SQLite schema, version 5. Applied in one transaction by SQLiteStore.open() to a
+-- new database; migrate_2.sql .. migrate_5.sql bring older databases here.
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -145,3 +145,17 @@ CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF state, queue ON j
     INSERT INTO job_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
     ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
+
+-- Cluster membership: the daemons using this store (one for SQLite). A daemon's name is
+-- the lease owner of the jobs it runs; `running` (Store.nodes) counts them.
+CREATE TABLE IF NOT EXISTS nodes (
+    name         TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    started_at   REAL NOT NULL,     -- this start of it: a restart registers again
+    heartbeat_at REAL NOT NULL,
+    slots        INTEGER NOT NULL,  -- jobs it may run at once
+    socket       TEXT NOT NULL,     -- its control socket (job logs are fetched there)
+    stopped_at   REAL,              -- a clean stop
+    rescued_at   REAL               -- a survivor took its jobs back
+);

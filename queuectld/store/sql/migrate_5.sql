@@ -1,0 +1,2 @@
+-- Schema version 4 -> 5: cluster membership (issue 12). The new `nodes` table is created
+-- by schema.sql's CREATE TABLE IF NOT EXISTS; nothing older changes.
