@@ -307,10 +307,14 @@ class Daemon:
                 continue
             fresh = dict(queue_settings(stored))
             if fresh != self.settings:
-                log.info("settings_changed_elsewhere", keys=sorted(
-                    k for k in fresh.keys() | self.settings.keys()
-                    if fresh.get(k) != self.settings.get(k)
-                ))
+                log.info(
+                    "settings_changed_elsewhere",
+                    keys=sorted(
+                        k
+                        for k in fresh.keys() | self.settings.keys()
+                        if fresh.get(k) != self.settings.get(k)
+                    ),
+                )
                 self.settings.clear()
                 self.settings.update(fresh)
                 self.dispatcher.wake()
