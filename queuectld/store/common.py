@@ -226,7 +226,7 @@ class SQLStore(Store):
                 taken.add(new.id)
                 continue
             if number is None:
-                row = self._run("get_meta", {"key": "next_job_number"}).fetchone()
+                row = self._run("next_job_number").fetchone()
                 number = int(row["value"]) if row else 1
             while str(number) in taken or self._run("job_exists", {"id": str(number)}).fetchone():
                 number += 1
@@ -237,9 +237,10 @@ class SQLStore(Store):
             self._run("set_meta", {"key": "next_job_number", "value": str(number)})
         return ids
 
-    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
+    def add_jobs(self, jobs: Sequence[NewJob], now: float, _retried: bool = False) -> list[Job]:
         keys = [new.unique_key for new in jobs if new.unique_key is not None]
         holders = {j.unique_key: j for j in self.unfinished_with_keys(keys)}
+        held = set(holders)  # keys of jobs stored before this call
         fresh = [new for new in jobs if new.unique_key is None or new.unique_key not in holders]
         ids = iter(self._assign_ids(fresh))
         out: list[Job] = []
@@ -317,6 +318,11 @@ class SQLStore(Store):
                         f"a job with id {job_id!r} already exists; choose another id"
                     ) from None
                 seen.add(job_id)
+            now_held = {j.unique_key for j in self.unfinished_with_keys(keys)} if keys else set()
+            if not _retried and now_held - held:
+                # Another user of the store (a PostgreSQL host) stored a job with one of
+                # these unique keys since we looked: now it is seen, and returned.
+                return self.add_jobs(jobs, now, _retried=True)
             raise InternalError("a new job broke a uniqueness constraint") from None
         return out
 
