@@ -21,6 +21,7 @@ import re
 import socket
 import stat
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,42 @@ class DaemonConfig:
     retention_cancelled: str = "7d"
     retention_dead: str = ""
     retention_every: float = 60.0  # seconds between two retention passes
+    # The store: "" keeps the embedded SQLite file (``database``); a postgresql:// URL
+    # selects a PostgreSQL database several daemons share, in the schema ``store_schema``.
+    # In TOML: [store] url = "postgresql://...", schema = "queuectl".
+    store_url: str = ""
+    store_schema: str = "queuectl"
+
+    @property
+    def uses_postgres(self) -> bool:
+        """True when the store is a (shared) PostgreSQL database, not the SQLite file."""
+        return self.store_url.startswith(POSTGRES_SCHEMES)
+
+    def store_name(self) -> str:
+        """Where the store is, for people and logs: the SQLite path or the URL without
+        its password (and the schema), as the store's own ``describe()`` says it."""
+        if self.uses_postgres:
+            return f"{redact_url(self.store_url)} (schema {self.store_schema})"
+        return self.database
+
+    def store_key(self) -> str:
+        """What identifies this daemon's queue on this host: jobs carry it (QUEUE_TAG)
+        and the cgroup directory derives from it. The SQLite path is already unique;
+        daemons sharing a PostgreSQL database add their node and home to it."""
+        if self.uses_postgres:
+            return f"{self.store_name()} node {self.node_id} home {self.home}"
+        return self.database
+
+    def lock_path(self) -> str:
+        """The file a daemon holds so that no second daemon runs on the same store (or,
+        with PostgreSQL, which several daemons share, in the same home)."""
+        if self.uses_postgres:
+            return str(Path(self.home) / "queuectld.lock")
+        return self.database + ".lock"
+
+    def lock_subject(self) -> str:
+        """What the lock file guards, for the refusal: the SQLite file or the home."""
+        return f"the home {self.home}" if self.uses_postgres else self.database
 
     def retention(self) -> dict[str, float]:
         """The retention in force: seconds to keep jobs, per final state that has one."""
@@ -101,11 +138,15 @@ class DaemonConfig:
     def resolved(self) -> DaemonConfig:
         """A copy with every derived path filled in and ``~`` expanded."""
         home = Path(self.home).expanduser() if self.home else default_home()
+        database = self.database
+        from_url = sqlite_path(self.store_url)
+        if not database and from_url and os.path.isabs(os.path.expanduser(from_url)):
+            database = from_url  # a relative one is refused by problems()
         return dataclasses.replace(
             self,
             home=str(home),
             socket=_path(self.socket, home / "queuectld.sock"),
-            database=_path(self.database, home / "queue.db"),
+            database=_path(database, home / "queue.db"),
             log_dir=_path(self.log_dir, home / "logs"),
             log_file=_path(self.log_file, None),
             node_id=self.node_id or socket.gethostname(),
@@ -178,6 +219,7 @@ class DaemonConfig:
             problem = _path_problem(key, getattr(self, key), kind)
             if problem:
                 out.append((key, problem))
+        out += _store_problems(self)
         if len(os.fsencode(self.socket)) >= 108:
             out.append(("socket", f"socket path {self.socket!r} is longer than Unix sockets allow"))
         for key in ("allowed_groups", "socket_group"):
@@ -217,6 +259,68 @@ class DaemonConfig:
         return int(self.socket_mode, 8)
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# PostgreSQL's own limit on identifiers (NAMEDATALEN - 1); unquoted and lower case so
+# that the name means the same thing in every statement and in psql.
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and messages (``postgresql://u:***@h/db``)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def sqlite_path(url: str) -> str | None:
+    """The SQLite file a ``store_url`` names (``sqlite:///path``, or a plain path)."""
+    if url.startswith("sqlite://"):
+        return url.removeprefix("sqlite://") or None
+    if url.startswith(("/", "~")):
+        return url
+    return None
+
+
+def _store_problems(config: DaemonConfig) -> list[tuple[str, str]]:
+    """What is wrong with ``store_url`` / ``store_schema``, one sentence each."""
+    out: list[tuple[str, str]] = []
+    url = config.store_url
+    if url and not config.uses_postgres:
+        path = sqlite_path(url)
+        if path is None or not os.path.isabs(os.path.expanduser(path)):
+            out.append(
+                (
+                    "store_url",
+                    "store_url must be a postgresql:// URL, a sqlite:///absolute/path URL or an "
+                    f"absolute path, not {redact_url(url)!r}",
+                )
+            )
+        elif Path(path).expanduser() != Path(config.database):
+            out.append(
+                (
+                    "store_url",
+                    f"store_url names the SQLite file {path} but database is {config.database}; "
+                    "set only one of them",
+                )
+            )
+    if not _SCHEMA_NAME.fullmatch(config.store_schema) or config.store_schema.startswith("pg_"):
+        out.append(
+            (
+                "store_schema",
+                "store_schema must be a plain lower-case identifier (letters, digits and _, "
+                f"not starting with a digit or pg_, at most 63), not {config.store_schema!r}",
+            )
+        )
+    return out
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RETENTION_STATES = ("completed", "cancelled", "dead")
 LOG_FORMATS = ("json", "console")
@@ -249,6 +353,8 @@ RESTART_KEYS = frozenset(
         "socket_group",
         "executors",
         "cgroup",
+        "store_url",
+        "store_schema",
     }
 )
 
@@ -283,6 +389,8 @@ _FIELD_TYPES: dict[str, Any] = {
     "retention_cancelled": str,
     "retention_dead": str,
     "retention_every": float,
+    "store_url": str,
+    "store_schema": str,
 }
 
 
@@ -485,14 +593,17 @@ def explain_config(path: str | None, env: Mapping[str, str], flags: Mapping[str,
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([_toml_problem(config_path, exc, text)]) from None
-        # [retention] completed = "7d" is retention_completed = "7d".
-        retention = data.pop("retention", None)
-        if isinstance(retention, dict):
-            data.update({f"retention_{k}": v for k, v in retention.items()})
-        elif retention is not None:
-            data["retention"] = retention  # reported as an unknown key below
+        # [retention] completed = "7d" is retention_completed = "7d"; [store] likewise.
+        for table in ("retention", "store"):
+            section = data.pop(table, None)
+            if isinstance(section, dict):
+                data.update({f"{table}_{k}": v for k, v in section.items()})
+            elif section is not None:
+                data[table] = section  # reported as an unknown key below
         for key, value in data.items():
             line = _line_of(text, key)
+            if line is None and key.startswith(("retention_", "store_")):
+                line = _line_of(text, key.split("_", 1)[0])  # the [table] it came from
             take(key, value, f"{config_path}:{line}" if line else config_path, False)
     if env.get("QUEUECTL_HOME"):
         take("home", env["QUEUECTL_HOME"], "environment QUEUECTL_HOME", True)
@@ -558,6 +669,8 @@ def render_toml(explained: Explained) -> str:
                 origin = "derived from the host name"
             else:
                 origin = "default"
+        if f.name == "store_url":
+            value = redact_url(value)  # printed configurations end up in tickets
         lines.append(f"{f.name} = {_toml_value(value)}  # {origin}")
     return "\n".join(lines) + "\n"
 

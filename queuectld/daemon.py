@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from queuectl.errors import QueuectlError, Unavailable
+from queuectl.errors import QueuectlError, StoreUnavailable, Unavailable
 from queuectl.protocol import JobState, Request
 from queuectld import cgroup, handlers, procs, server
 from queuectld.access import AccessPolicy
@@ -47,7 +47,7 @@ from queuectld.membership import Membership, NodeIdentity
 from queuectld.recovery import recover
 from queuectld.retention import Retention
 from queuectld.scheduler import Scheduler
-from queuectld.store import open_store
+from queuectld.store import Store, open_store
 from queuectld.supervisor import OsProcessOps, Supervisor, SupervisorEvents, default_executors
 from queuectld.systemd import (
     Notifier,
@@ -135,7 +135,11 @@ class Daemon:
         inherited = self._inherited_socket()  # also drops LISTEN_* from our environment
 
         self._lock_store()
-        store = await asyncio.to_thread(open_store, cfg.database)
+        try:
+            store = await asyncio.to_thread(_open_store, cfg)
+        except BaseException:
+            self._unlock_store()
+            raise
         self.committer = Committer(store, loop)
         self.committer.start()
         try:
@@ -164,10 +168,10 @@ class Daemon:
 
         executor_env = hide_from_children(dict(os.environ))
         # Inherited by every job: see procs.find_job_groups.
-        executor_env[procs.QUEUE_TAG] = cfg.database
-        ops = OsProcessOps(executor_env, cfg.database)
+        executor_env[procs.QUEUE_TAG] = cfg.store_key()
+        ops = OsProcessOps(executor_env, cfg.store_key())
         max_executors = default_executors(cfg.executors)
-        found = cgroup.discover(cfg.cgroup, cfg.database)
+        found = cgroup.discover(cfg.cgroup, cfg.store_key())
         self.containment = await asyncio.to_thread(cgroup.prepare, found)
         if self.containment.base is not None:
             # Whatever a killed daemon and its executors left running ends here, before
@@ -202,7 +206,7 @@ class Daemon:
         )
         await self.membership.join()
         recovered = await recover(
-            self.committer, self.dispatcher.recorder, cfg.node_id, cfg.database
+            self.committer, self.dispatcher.recorder, cfg.node_id, cfg.store_key()
         )
 
         self.server = server.ControlServer(
@@ -250,7 +254,7 @@ class Daemon:
             "daemon_ready",
             socket=self.server.path,
             activated=inherited is not None,
-            database=cfg.database,
+            database=await self.committer.call(lambda s: s.describe()),
             workers=desired,
             executors=min(max_executors, desired) if desired else 0,
             recovered=recovered,
@@ -369,7 +373,7 @@ class Daemon:
         await self.dispatcher.close()
         # A claim that was committed while the drain began never reached a worker:
         # give back whatever this node still holds, so nothing stays `processing`.
-        await recover(self.committer, self.dispatcher.recorder, cfg.node_id, cfg.database)
+        await recover(self.committer, self.dispatcher.recorder, cfg.node_id, cfg.store_key())
         await self.membership.leave()
         if self._scheduler_poke is not None:
             self._scheduler_poke.cancel()
@@ -505,7 +509,7 @@ class Daemon:
 
     def _lock_store(self) -> None:
         """Refuse to start if another daemon holds this store."""
-        path = Path(self.config.database + ".lock")
+        path = Path(self.config.lock_path())
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -513,7 +517,7 @@ class Daemon:
         except BlockingIOError:
             os.close(fd)
             raise Unavailable(
-                f"another queuectld is using {self.config.database}; stop it first"
+                f"another queuectld is using {self.config.lock_subject()}; stop it first"
             ) from None
         self._lock_fd = fd
 
@@ -521,6 +525,18 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _open_store(cfg: DaemonConfig) -> Store:
+    """The configured store, opened: PostgreSQL from ``store_url``, else the SQLite file."""
+    if not cfg.uses_postgres:
+        return open_store(cfg.database)
+    try:
+        return open_store(cfg.store_url, cfg.store_schema)
+    except StoreUnavailable:
+        raise StoreUnavailable(
+            f"cannot reach the PostgreSQL store at {cfg.store_name()}; start it or fix [store] url"
+        ) from None
 
 
 def _nothing(store: object) -> None:

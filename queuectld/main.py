@@ -26,6 +26,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--home", help="state directory for the per-user defaults (~/.queuectl)")
     p.add_argument("--socket", help="control socket path")
     p.add_argument("--database", "--db", dest="database", help="queue database path")
+    p.add_argument(
+        "--store-url", help="postgresql://... to share a PostgreSQL store (default: SQLite)"
+    )
+    p.add_argument("--store-schema", help="the PostgreSQL schema of the queue (queuectl)")
     p.add_argument("--log-dir", help="directory of job output files")
     p.add_argument("--log-file", help="also write the daemon's own log to this file")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         "home": args.home,
         "socket": args.socket,
         "database": args.database,
+        "store_url": args.store_url,
+        "store_schema": args.store_schema,
         "log_dir": args.log_dir,
         "log_file": args.log_file,
         "log_level": args.log_level,
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     if args.print_config:
         sys.stdout.write(render_toml(explained))
-        found = cgroup.discover(config.cgroup, config.database)
+        found = cgroup.discover(config.cgroup, config.store_key())
         sys.stdout.write(f"# containment: {found.describe()}\n")
         sys.exit(0)
     try:
@@ -142,14 +148,14 @@ def _in_use(config: DaemonConfig) -> str | None:
     import socket
 
     try:
-        fd = os.open(config.database + ".lock", os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(config.lock_path(), os.O_RDWR | os.O_CLOEXEC)
     except OSError:
         fd = None  # no lock file yet: no daemon has used this store
     if fd is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return f"another queuectld is using {config.database}; stop it first"
+            return f"another queuectld is using {config.lock_subject()}; stop it first"
         finally:
             os.close(fd)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

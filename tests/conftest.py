@@ -24,6 +24,14 @@
     ``daemon_factory(start=True, **settings)`` makes more daemons (each with its own
     home), all cleaned up like ``daemon``.
 
+Both store backends: every test that uses ``daemon`` or ``daemon_factory`` runs once
+per entry of :data:`BACKENDS` (ids ``test_x[sqlite]``, ``test_x[postgres]``). A
+PostgreSQL daemon gets a fresh schema of the shared test server (``tests/pg.py``;
+it fails, not skips, when PostgreSQL is down) and a ``node_id`` of its own; settings
+that name ``store_url`` themselves (daemons sharing one store) are left alone.
+``@pytest.mark.sqlite_only(reason="...")`` keeps a test (or module) on SQLite: for
+tests about the SQLite file itself, saying why (``postgres_only`` likewise).
+
 ``--long`` runs the tests marked ``slow`` (skipped by default). ``QUEUECTL_TEST_KEEP=1``
 keeps the daemons' home directories (queue.db, logs, ``queuectld.stderr``) for a look
 afterwards; a failed test prints the tail of its daemon's log either way.
@@ -31,6 +39,7 @@ afterwards; a failed test prints the tail of its daemon's log either way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Generator, Iterator
@@ -42,6 +51,9 @@ import pytest
 from tests.harness import QueueDaemon, short_tmpdir
 
 DaemonFactory = Callable[..., QueueDaemon]
+
+# The stores every daemon test runs on (see the module docstring).
+BACKENDS = ["sqlite", "postgres"]
 
 # The machine running the suite may be busy: no per-example deadline, no speed health check.
 hypothesis.settings.register_profile(
@@ -58,6 +70,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "daemon_config(**settings): QUEUECTLD_* settings for the daemon fixture"
     )
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(reason): run the daemon fixtures on SQLite only (about the SQLite file)",
+    )
+    config.addinivalue_line(
+        "markers", "postgres_only(reason): run the daemon fixtures on PostgreSQL only"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every daemon test once per backend, unless marked ``sqlite_only`` or
+    ``postgres_only``."""
+    if "daemon_backend" not in metafunc.fixturenames:
+        return
+    backends = BACKENDS
+    for only in ("sqlite", "postgres"):
+        marker = metafunc.definition.get_closest_marker(f"{only}_only")
+        if marker is None:
+            continue
+        if not (marker.kwargs.get("reason") or marker.args):
+            nodeid = metafunc.definition.nodeid
+            raise pytest.UsageError(f"{nodeid}: {only}_only needs a reason")
+        backends = [only]
+    metafunc.parametrize("daemon_backend", backends, indirect=True, scope="function")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -80,27 +116,44 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture
-def daemon_factory(request: pytest.FixtureRequest) -> Iterator[DaemonFactory]:
+def daemon_backend(request: pytest.FixtureRequest) -> str:
+    """The store of this test's daemons: "sqlite" or "postgres" (from pytest_generate_tests)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def daemon_factory(request: pytest.FixtureRequest, daemon_backend: str) -> Iterator[DaemonFactory]:
     """``make(start=True, **settings)``: daemons with their own homes, all cleaned up after."""
     made: list[QueueDaemon] = []
+    schemas = contextlib.ExitStack()
 
     def make(start: bool = True, **config: Any) -> QueueDaemon:
-        d = QueueDaemon(short_tmpdir(), config)
+        home = short_tmpdir()
+        if daemon_backend == "postgres" and "store_url" not in config:
+            from tests.pg import PG_URL, pg_schema
+
+            schema = schemas.enter_context(pg_schema())
+            config = {"store_url": PG_URL, "store_schema": schema, **config}
+        if str(config.get("store_url", "")).startswith("postgres"):
+            # Leases are owned by node_id: daemons sharing a store must not share one.
+            config.setdefault("node_id", f"test-{home.name}")
+        d = QueueDaemon(home, config)
         made.append(d)
         if start:
             d.start()
         return d
 
-    yield make
-    call = getattr(request.node, "report_call", None)
-    for d in made:
-        d.cleanup()
-        if call is not None and call.failed:
-            # Shown under "Captured stdout teardown" of the failed test.
-            tail = "\n".join(d.stderr_text().splitlines()[-80:])
-            print(f"--- queuectld log ({d.home}, {d.starts} starts), last lines ---\n{tail}")
-        if not os.environ.get("QUEUECTL_TEST_KEEP"):
-            shutil.rmtree(d.home, ignore_errors=True)
+    with schemas:  # dropped after the daemons that use them have stopped
+        yield make
+        call = getattr(request.node, "report_call", None)
+        for d in made:
+            d.cleanup()
+            if call is not None and call.failed:
+                # Shown under "Captured stdout teardown" of the failed test.
+                tail = "\n".join(d.stderr_text().splitlines()[-80:])
+                print(f"--- queuectld log ({d.home}, {d.starts} starts), last lines ---\n{tail}")
+            if not os.environ.get("QUEUECTL_TEST_KEEP"):
+                shutil.rmtree(d.home, ignore_errors=True)
 
 
 @pytest.fixture

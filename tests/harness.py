@@ -125,9 +125,21 @@ class QueueDaemon:
         self.log_dir = home / "logs"
         self.stderr_path = home / "queuectld.stderr"
         self.settings = {k: str(v) for k, v in (settings or {}).items()}
+        # "postgres" when the settings name a PostgreSQL store (tests/conftest.py does).
+        url = self.settings.get("store_url", "")
+        self.backend = "postgres" if url.startswith("postgres") else "sqlite"
         self.tag = str(home)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+
+    def store_key(self) -> str:
+        """What the daemon tags its jobs and names its cgroup directory by."""
+        from queuectld.config import DaemonConfig
+
+        fields = {k: v for k, v in self.settings.items() if k in ("store_url", "store_schema")}
+        node = self.settings.get("node_id", "")
+        config = DaemonConfig(home=str(self.home), node_id=node, **fields).resolved()
+        return config.store_key()
 
     # -- environment ----------------------------------------------------------
 

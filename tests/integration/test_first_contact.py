@@ -220,7 +220,8 @@ def test_daemon_flag_beside_a_running_daemon(daemon: QueueDaemon) -> None:
         text=True,
         timeout=30,
     )
-    one_sentence(proc, 1, "another queuectld is using", str(daemon.database))
+    # SQLite: the database file; PostgreSQL (shared by daemons): this daemon's home.
+    one_sentence(proc, 1, "another queuectld is using", str(daemon.home))
     assert daemon.running() and daemon.cli_json("status")["draining"] is False
 
 

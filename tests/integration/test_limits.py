@@ -135,7 +135,7 @@ def test_each_attempt_records_cpu_time_and_peak_memory(daemon: QueueDaemon) -> N
     wide = daemon.cli("show", "--wide", "j")
     assert "| cpu " in wide and "| peak " in wide
     header = daemon.job_log("j")
-    contained = "cgroup" if cgroup.discover("", str(daemon.database)).base else "process group"
+    contained = "cgroup" if cgroup.discover("", daemon.store_key()).base else "process group"
     assert f"Resources: cpu {done['cpu_seconds']:.3f}s, peak memory " in header
     assert f"contained by its {contained}" in header
     metrics = json.loads(daemon.cli("metrics", "--json"))
