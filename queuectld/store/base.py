@@ -329,8 +329,10 @@ class Store(abc.ABC):
         grows with the number of queues holding ready jobs, never with ``limit``.
         """
         self.promote_due(now)
-        counts = self.count_by_queue()
+        # Limits first: a shared store locks the limited queues there, so the counts read
+        # next already include what other hosts claimed from them.
         limits = self.queue_limits()
+        counts = self.count_by_queue()
         allowed = queues.allowances(limits, counts, limit, now)
         if not allowed:
             return []
@@ -532,6 +534,12 @@ class Store(abc.ABC):
     def release_space(self) -> None:
         """Give the file's free pages back to the file system where the store can do
         so inside a transaction (SQLite: ``incremental_vacuum``); else nothing."""
+
+    def sweep_dead_rows(self) -> bool:
+        """Remove dead row versions when the database has let too many pile up
+        (PostgreSQL with autovacuum off or behind); whether it did. Runs on a connection
+        of its own, outside any transaction, from any thread; nothing to do on SQLite."""
+        return False
 
     @abc.abstractmethod
     def compact(self) -> None:
