@@ -135,7 +135,10 @@ class DaemonConfig:
     def resolved(self) -> DaemonConfig:
         """A copy with every derived path filled in and ``~`` expanded."""
         home = Path(self.home).expanduser() if self.home else default_home()
-        database = self.database or sqlite_path(self.store_url) or ""
+        database = self.database
+        from_url = sqlite_path(self.store_url)
+        if not database and from_url and os.path.isabs(os.path.expanduser(from_url)):
+            database = from_url  # a relative one is refused by problems()
         return dataclasses.replace(
             self,
             home=str(home),

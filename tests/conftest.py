@@ -30,7 +30,7 @@ PostgreSQL daemon gets a fresh schema of the shared test server (``tests/pg.py``
 it fails, not skips, when PostgreSQL is down) and a ``node_id`` of its own; settings
 that name ``store_url`` themselves (daemons sharing one store) are left alone.
 ``@pytest.mark.sqlite_only(reason="...")`` keeps a test (or module) on SQLite: for
-tests about the SQLite file itself, saying why.
+tests about the SQLite file itself, saying why (``postgres_only`` likewise).
 
 ``--long`` runs the tests marked ``slow`` (skipped by default). ``QUEUECTL_TEST_KEEP=1``
 keeps the daemons' home directories (queue.db, logs, ``queuectld.stderr``) for a look
@@ -74,16 +74,25 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "sqlite_only(reason): run the daemon fixtures on SQLite only (about the SQLite file)",
     )
+    config.addinivalue_line(
+        "markers", "postgres_only(reason): run the daemon fixtures on PostgreSQL only"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run every daemon test once per backend, unless it is marked ``sqlite_only``."""
+    """Run every daemon test once per backend, unless marked ``sqlite_only`` or
+    ``postgres_only``."""
     if "daemon_backend" not in metafunc.fixturenames:
         return
-    marker = metafunc.definition.get_closest_marker("sqlite_only")
-    if marker is not None and not (marker.kwargs.get("reason") or marker.args):
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason")
-    backends = ["sqlite"] if marker is not None else BACKENDS
+    backends = BACKENDS
+    for only in ("sqlite", "postgres"):
+        marker = metafunc.definition.get_closest_marker(f"{only}_only")
+        if marker is None:
+            continue
+        if not (marker.kwargs.get("reason") or marker.args):
+            nodeid = metafunc.definition.nodeid
+            raise pytest.UsageError(f"{nodeid}: {only}_only needs a reason")
+        backends = [only]
     metafunc.parametrize("daemon_backend", backends, indirect=True, scope="function")
 
 

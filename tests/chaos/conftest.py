@@ -84,6 +84,28 @@ def scratch() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest, scratch: Path) -> Iterator[dict[str, str]]:
+    """The variables that put a daemon on one backend (ids ``[sqlite]``, ``[postgres]``).
+
+    SQLite: none (queue.db in the home). PostgreSQL: a fresh schema of the test server
+    (fails, not skips, when it is down) and a fixed node_id, so that a restarted daemon
+    takes back the leases of the one that was killed. Request it before ``make_daemon``:
+    the schema is dropped after the daemons are gone.
+    """
+    if request.param == "sqlite":
+        yield {}
+        return
+    from tests.pg import PG_URL, pg_schema
+
+    with pg_schema() as schema:
+        yield {
+            "QUEUECTLD_STORE_URL": PG_URL,
+            "QUEUECTLD_STORE_SCHEMA": schema,
+            "QUEUECTLD_NODE_ID": f"chaos-{scratch.name}",
+        }
+
+
 @pytest.fixture
 def make_daemon(scratch: Path) -> Iterator[Callable[..., DaemonProcess]]:
     """Build daemons over scratch homes; every one (and all it started) is ended after."""

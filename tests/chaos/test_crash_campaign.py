@@ -8,6 +8,11 @@ themselves. After the final drain :func:`chaoslib.check_ledger` compares the sto
 completion) with the side effects (a job ran more often than it was charged only if
 an interruption or a kill is recorded in its history).
 
+The daemon-kill campaigns run on both stores (``store_env``: ``[sqlite]``,
+``[postgres]``): what a kill tests there is the store's side (leases, recovery by
+node, commits). The worker, job and executor campaigns hurt processes the store never
+sees, so they stay on SQLite, which keeps the suite's time in budget.
+
 Set CHAOS_SEED to replay a campaign.
 """
 
@@ -101,6 +106,7 @@ def _submit(daemon: DaemonProcess, batches: list[list[dict[str, object]]], acked
 
 
 def test_daemon_sigkill_campaign(
+    store_env: dict[str, str],
     make_daemon: Callable[..., DaemonProcess],
     scratch: Path,
     chaos_options: ChaosOptions,
@@ -113,7 +119,7 @@ def test_daemon_sigkill_campaign(
     work = scratch / "work"
     specs = campaign_jobs(work, total)
     per_round = -(-total // rounds)
-    daemon = make_daemon(env={"QUEUECTLD_KILL_GRACE": "1"})
+    daemon = make_daemon(env={"QUEUECTLD_KILL_GRACE": "1", **store_env})
     daemon.start()
     _configure(daemon, 4, max_retries="2", backoff_base="1", backoff_max="0.2")
     acked: set[str] = set()
@@ -227,7 +233,10 @@ def test_worker_and_job_sigkill_campaign(
 
 
 def test_daemon_kill_never_runs_a_job_twice_at_once(
-    make_daemon: Callable[..., DaemonProcess], scratch: Path, report: Callable[[str], None]
+    store_env: dict[str, str],
+    make_daemon: Callable[..., DaemonProcess],
+    scratch: Path,
+    report: Callable[[str], None],
 ) -> None:
     """A job that ignores SIGTERM is running when the daemon is SIGKILLed and restarted
     at once: its old copy must be gone before the new daemon runs it again."""
@@ -235,7 +244,7 @@ def test_daemon_kill_never_runs_a_job_twice_at_once(
     (work / "locks").mkdir(parents=True)
     # The default kill grace (5 s) is longer than the job: if the orphaned worker only
     # sent SIGTERM and waited, the old copy would still hold the lock at the re-run.
-    daemon = make_daemon()
+    daemon = make_daemon(env=store_env)
     daemon.start()
     _configure(daemon, 2)
     ids = ["slow1", "slow2"]

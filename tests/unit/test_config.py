@@ -214,3 +214,98 @@ def test_setting_names_and_stored_values() -> None:
     assert effective["backoff-base"] == 2.0  # a bad stored value falls back to the default
     assert "workers" not in effective
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in effective.values())
+
+
+# -- the store: [store] url / schema ----------------------------------------------------
+
+PG = "postgresql://queue:s3cret@db.example:5432/jobs"
+
+
+def test_store_table_in_the_file(tmp_path: Path, home: Path) -> None:
+    path = write_toml(tmp_path, f'home = "{home}"\n[store]\nurl = "{PG}"\nschema = "q_1"\n')
+    config = load_config(path, {}, flags())
+    assert (config.store_url, config.store_schema) == (PG, "q_1")
+    assert config.uses_postgres
+    # Two daemons with their own homes may share the database: the lock is per home.
+    assert config.lock_path() == str(home / "queuectld.lock")
+    assert config.store_name() == "postgresql://queue:***@db.example:5432/jobs (schema q_1)"
+    assert "s3cret" not in config.store_key() and config.node_id in config.store_key()
+
+
+def test_store_defaults_to_the_sqlite_file(home: Path) -> None:
+    config = load_config(None, {"QUEUECTL_HOME": str(home)}, flags())
+    assert (config.store_url, config.store_schema) == ("", "queuectl")
+    assert not config.uses_postgres
+    assert config.lock_path() == str(home / "queue.db") + ".lock"
+    assert config.store_key() == config.store_name() == str(home / "queue.db")
+
+
+def test_store_from_environment_and_flags(tmp_path: Path, home: Path) -> None:
+    path = write_toml(tmp_path, '[store]\nurl = "postgresql://file/db"\n')
+    env = {
+        "QUEUECTL_HOME": str(home),
+        "QUEUECTLD_STORE_URL": "postgres://env/db",
+        "QUEUECTLD_STORE_SCHEMA": "from_env",
+    }
+    config = load_config(path, env, flags())
+    assert (config.store_url, config.store_schema) == ("postgres://env/db", "from_env")
+    config = load_config(path, env, flags(store_url="postgresql://flag/db", store_schema="f"))
+    assert (config.store_url, config.store_schema) == ("postgresql://flag/db", "f")
+
+
+def test_a_sqlite_store_url_is_the_database(tmp_path: Path, home: Path) -> None:
+    env = {"QUEUECTL_HOME": str(home), "QUEUECTLD_STORE_URL": f"sqlite://{tmp_path}/q.db"}
+    config = load_config(None, env, flags())
+    assert config.database == f"{tmp_path}/q.db" and not config.uses_postgres
+    env["QUEUECTLD_DATABASE"] = f"{tmp_path}/other.db"
+    with pytest.raises(InvalidRequest, match="set only one of them"):
+        load_config(None, env, flags())
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u:hidden@h/db", "queue.db", "sqlite://relative.db", "http://x"]
+)
+def test_store_url_of_no_known_kind_is_one_sentence(tmp_path: Path, url: str) -> None:
+    path = write_toml(tmp_path, f'[store]\nurl = "{url}"\n')
+    with pytest.raises(InvalidRequest) as caught:
+        load_config(path, {"QUEUECTL_HOME": str(tmp_path)}, flags())
+    message = caught.value.message
+    assert message.startswith(f"{path}:1: store_url must be a postgresql:// URL"), message
+    assert message.count(". ") == 0 and "hidden" not in message
+
+
+@pytest.mark.parametrize("schema", ["Queue", "1abc", "a-b", "pg_queue", "", "x" * 64, 'a"b'])
+def test_store_schema_must_be_a_plain_identifier(home: Path, schema: str) -> None:
+    env = {"QUEUECTL_HOME": str(home), "QUEUECTLD_STORE_SCHEMA": schema}
+    with pytest.raises(InvalidRequest, match="store_schema must be a plain lower-case"):
+        load_config(None, env, flags())
+
+
+@pytest.mark.parametrize("schema", ["queuectl", "q_1", "_x", "x" * 63])
+def test_store_schema_accepted(home: Path, schema: str) -> None:
+    env = {"QUEUECTL_HOME": str(home), "QUEUECTLD_STORE_SCHEMA": schema}
+    assert load_config(None, env, flags()).store_schema == schema
+
+
+def test_printed_configuration_hides_the_password(tmp_path: Path, home: Path) -> None:
+    from queuectld.config import explain_config, render_toml
+
+    env = {"QUEUECTL_HOME": str(home), "QUEUECTLD_STORE_URL": PG}
+    text = render_toml(explain_config(None, env, flags()))
+    assert "s3cret" not in text
+    assert 'store_url = "postgresql://queue:***@db.example:5432/jobs"' in text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (PG, "postgresql://queue:***@db.example:5432/jobs"),
+        ("postgresql://queue@db/jobs", "postgresql://queue@db/jobs"),
+        ("postgresql://:pw@db/jobs?sslmode=require", "postgresql://:***@db/jobs?sslmode=require"),
+        ("postgresql:///jobs", "postgresql:///jobs"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    from queuectld.config import redact_url
+
+    assert redact_url(url) == shown
