@@ -933,6 +933,23 @@ def schedule_run(c: Context, name: str, as_json: bool) -> None:
     emit(job, as_json, render.enqueued)
 
 
+# -- cluster ---------------------------------------------------------------------
+
+
+@cli.command("nodes")
+@json_option
+@pass_ctx
+def nodes(c: Context, as_json: bool) -> None:
+    """Every queuectld sharing this store: host, state, slots, running jobs.
+
+    Several daemons share one PostgreSQL store (docs/postgres.md); a daemon is `gone`
+    once its heartbeat is older than node_timeout (its jobs go back to the queue),
+    `stopped` after a clean stop. The daemon that answered is marked with `*`.
+    """
+    with c.client() as client:
+        emit(client.nodes(), as_json, render.nodes)
+
+
 # -- named queues ----------------------------------------------------------------
 
 

@@ -34,7 +34,9 @@ from typing import Any
 from queuectl import paths
 from queuectl.errors import (
     NoDaemon,
+    NotFound,
     ProtocolError,
+    QueuectlError,
     ShuttingDown,
     Unavailable,
     error_from_code,
@@ -47,6 +49,7 @@ from queuectl.protocol import (
     Hello,
     HelloReply,
     JobView,
+    NodeView,
     Op,
     PurgeView,
     QueueView,
@@ -496,6 +499,11 @@ class Client:
         result: StatusView = self.call(Op.STATUS)
         return result
 
+    def nodes(self) -> list[NodeView]:
+        """Every daemon sharing the store: live, gone (no heartbeat) or stopped."""
+        result: list[NodeView] = self.call(Op.NODES)
+        return result
+
     def metrics(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call(Op.METRICS)
         return result
@@ -513,16 +521,38 @@ class Client:
         return result
 
     def logs(self, job_id: str) -> Iterator[bytes]:
-        """A job's whole log, chunk by chunk."""
+        """A job's whole log, chunk by chunk. A job that ran on another daemon of the
+        cluster has its log there: it is read through that daemon's socket when this
+        process may use it, else ``NotFound`` says which host has it."""
         offset = 0
         while True:
             chunk = self.call(Op.LOGS, id=job_id, offset=offset)
+            if offset == 0 and chunk.get("node"):
+                yield from self._logs_elsewhere(job_id, chunk)
+                return
             data: bytes = chunk["data"]
             if data:
                 yield data
             offset += len(data)
             if not data or offset >= chunk["size"]:
                 return
+
+    def _logs_elsewhere(self, job_id: str, chunk: dict[str, Any]) -> Iterator[bytes]:
+        node, host, path = chunk["node"], chunk.get("host"), chunk.get("socket")
+        where = f"host {host} (daemon {node})" if host else f"daemon {node}"
+        if path and path != self.server:
+            try:
+                other = Client.connect(path, autostart=False, timeout=self._timeout)
+            except QueuectlError:
+                other = None
+            if other is not None:
+                with other:
+                    yield from other.logs(job_id)
+                return
+        raise NotFound(
+            f"job {job_id!r} ran on {where}, which keeps its log; run `queuectl logs "
+            f"{job_id}` there"
+        )
 
     def follow_logs(self, job_id: str) -> Iterator[tuple[str, bytes]]:
         """A job's output as it is written, until the job is final: ``(stream, bytes)``

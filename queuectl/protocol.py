@@ -121,6 +121,7 @@ class Op(enum.StrEnum):
     WATCH = "watch"
     WAIT = "wait"
     FOLLOW_LOGS = "follow_logs"
+    NODES = "nodes"
     SHUTDOWN = "shutdown"
 
 
@@ -846,6 +847,7 @@ ARGS_BY_OP: dict[Op, type[Any]] = {
     Op.WATCH: WatchArgs,
     Op.WAIT: WaitArgs,
     Op.FOLLOW_LOGS: JobIdArgs,
+    Op.NODES: NoArgs,
     Op.SHUTDOWN: NoArgs,
 }
 
@@ -924,12 +926,29 @@ class WorkersView(TypedDict):
     busy: int
 
 
+class NodeView(TypedDict):
+    """One daemon sharing the store (`queuectl nodes`; one row on a SQLite store)."""
+
+    name: str  # its node_id
+    host: str
+    pid: int
+    state: str  # live, gone (no heartbeat for node_timeout), stopped (cleanly)
+    slots: int  # jobs it may run at once
+    running: int  # jobs it holds now
+    started_at: float
+    heartbeat_at: float
+    socket: str
+    this: bool  # the daemon that answered
+
+
 class StatusView(TypedDict):
     counts: dict[str, int]
     queues: dict[str, dict[str, int]]  # per queue, its counts by state (non-zero only)
     workers: WorkersView
     draining: bool
     version: str
+    # Every daemon of the cluster (several share a PostgreSQL store).
+    nodes: NotRequired[list[NodeView]]
 
 
 class LogChunk(TypedDict):
@@ -937,6 +956,10 @@ class LogChunk(TypedDict):
     data: bytes
     offset: int
     size: int
+    # Set when the log is on another daemon's host (the job ran there): ask that daemon.
+    node: NotRequired[str]
+    host: NotRequired[str]
+    socket: NotRequired[str]
 
 
 class WaitedJob(TypedDict):

@@ -15,7 +15,14 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-    from queuectl.protocol import JobView, ParentView, QueueView, ScheduleView, StatusView
+    from queuectl.protocol import (
+        JobView,
+        NodeView,
+        ParentView,
+        QueueView,
+        ScheduleView,
+        StatusView,
+    )
 
 # queuectl.protocol.JobState's values, in its order (tests/unit/test_cli_help.py checks).
 STATES = (
@@ -153,9 +160,30 @@ def status(view: StatusView) -> str:
     if len(by_queue) > 1:
         out += "\n\n" + queue_counts(by_queue)
     out += f"\n\nworkers: {w['running']} running / {w['desired']} desired, {w['busy']} busy"
+    cluster = view.get("nodes") or []
+    if len(cluster) > 1:  # one daemon: the workers line says it all
+        out += "\n\n" + nodes(cluster)
     if view["draining"]:
         out += "\ndaemon: draining (shutting down)"
     return out
+
+
+def nodes(views: Sequence[NodeView]) -> str:
+    """`nodes`: every daemon sharing the store, with its slots and running jobs."""
+    now = time.time()
+    rows = [
+        (
+            ("* " if n["this"] else "") + n["name"],
+            n["host"],
+            n["pid"],
+            n["state"],
+            n["slots"],
+            n["running"],
+            f"{max(0.0, now - n['heartbeat_at']):.0f}s ago",
+        )
+        for n in views
+    ]
+    return table(("node", "host", "pid", "state", "slots", "running", "heartbeat"), rows)
 
 
 QUEUE_STATES = ("pending", "waiting", "processing", "failed", "dead")

@@ -18,17 +18,22 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import structlog
 
-from queuectl.errors import InternalError, QueuectlError
+from queuectl.errors import InternalError, QueuectlError, StoreUnavailable
 from queuectld.store.base import Store
 
 T = TypeVar("T")
 StoreCall = Callable[[Store], Any]
 MAX_BATCH = 2048
+# While the store is unreachable, one transaction is tried after each pause; the calls
+# that arrive in between are answered at once with the outage's error.
+OUTAGE_FIRST_PAUSE_S = 0.25
+OUTAGE_MAX_PAUSE_S = 5.0
 
 log = structlog.get_logger("queuectld.committer")
 
@@ -50,6 +55,17 @@ class Committer:
         # Runs on this thread at the end of each transaction; returns what to run on the
         # loop after the commit (or None). Its failure rolls back its own work only.
         self.before_commit: Callable[[Store], Callable[[], None] | None] | None = None
+        # Runs on the loop when the store answers again after an outage.
+        self.on_recovered: Callable[[], None] | None = None
+        self._outage: StoreUnavailable | None = None
+        self._outage_began = 0.0
+        self._pause = OUTAGE_FIRST_PAUSE_S
+        self._retry_at = 0.0
+
+    @property
+    def store_down(self) -> bool:
+        """True while the store is unreachable (since the last failed transaction)."""
+        return self._outage is not None
 
     def start(self) -> None:
         self._thread.start()
@@ -122,6 +138,11 @@ class Committer:
             return
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         after: Callable[[], None] | None = None
+        if self._outage is not None and time.monotonic() < self._retry_at:
+            # Answer at once rather than make every caller wait for a connect to fail.
+            err = self._outage
+            self._loop.call_soon_threadsafe(_deliver, [(f, None, err) for _, f in batch], None)
+            return
         try:
             with self.store.transaction():
                 for fn, fut in batch:
@@ -141,6 +162,10 @@ class Committer:
                     except Exception:
                         log.exception("before_commit_failed")
                         after = None
+        except StoreUnavailable as exc:
+            self._note_outage(exc)
+            results = [(fut, None, exc) for _, fut in batch]
+            after = None
         except QueuectlError as exc:
             # The commit itself failed (disk full, I/O error): nothing of the batch is kept.
             log.error("commit_failed", error=str(exc), calls=len(batch))
@@ -151,9 +176,33 @@ class Committer:
             err = InternalError(f"store commit failed: {exc}")
             results = [(fut, None, err) for _, fut in batch]
             after = None
+        else:
+            if self._outage is not None:
+                self._outage = None
+                down = round(time.monotonic() - self._outage_began, 3)
+                log.warning("store_available", store=self.store.describe(), down_seconds=down)
+                if self.on_recovered is not None:
+                    self._loop.call_soon_threadsafe(self.on_recovered)
         self.transactions += 1
         self.calls += len(batch)
         self._loop.call_soon_threadsafe(_deliver, results, after)
+
+    def _note_outage(self, exc: StoreUnavailable) -> None:
+        """One log line when the store goes away; then retry with a growing pause."""
+        now = time.monotonic()
+        if self._outage is None:
+            self._outage_began = now
+            self._pause = OUTAGE_FIRST_PAUSE_S
+            log.error(
+                "store_unavailable",
+                store=self.store.describe(),
+                error=str(exc),
+                hint="running jobs go on; outcomes are kept and recorded once it is back",
+            )
+        else:
+            self._pause = min(self._pause * 2, OUTAGE_MAX_PAUSE_S)
+        self._outage = exc
+        self._retry_at = now + self._pause
 
 
 def _deliver(

@@ -71,6 +71,9 @@ class DaemonConfig:
     admin_groups: list[str] = field(default_factory=list)
     max_connections: int = 512
     safety_poll: float = 5.0
+    # A daemon whose heartbeat is older than this is dead: a survivor returns its jobs
+    # to the queue (several daemons on one PostgreSQL store; docs/postgres.md).
+    node_timeout: float = 15.0
     # Where each attempt's cgroup goes: "" finds one (systemd's delegated cgroup, or a
     # writable cgroup v2 hierarchy for root), a path names a delegated cgroup v2
     # directory, "off" keeps process groups only (docs/jobs.md).
@@ -166,6 +169,8 @@ class DaemonConfig:
         if self.log_format not in LOG_FORMATS:
             msg = f"log_format must be 'json' or 'console', not {self.log_format!r}"
             out.append(("log_format", msg))
+        if not math.isfinite(self.node_timeout) or self.node_timeout < 1:
+            out.append(("node_timeout", "node_timeout must be at least 1 second"))
         for key in ("drain_timeout", "kill_grace", "lease_margin", "safety_poll"):
             value = getattr(self, key)
             if not math.isfinite(value) or value < 0:
@@ -375,6 +380,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "admin_groups": list[str],
     "max_connections": int,
     "safety_poll": float,
+    "node_timeout": float,
     "cgroup": str,
     "default_memory": str,
     "default_cpus": float,

@@ -43,6 +43,7 @@ from queuectld.config import (
 from queuectld.dispatcher import Dispatcher
 from queuectld.events import EventBus
 from queuectld.follow import OutputRelay
+from queuectld.membership import Membership, NodeIdentity
 from queuectld.recovery import recover
 from queuectld.retention import Retention
 from queuectld.scheduler import Scheduler
@@ -62,6 +63,9 @@ log = structlog.get_logger("queuectld")
 
 # While draining, tell systemd this often that the stop is still on schedule.
 EXTEND_EVERY_S = 5.0
+# Another host's change wakes the scheduler at most this often (schedules are rare;
+# enqueues, which wake it too, are not).
+REMOTE_POKE_DELAY_S = 0.5
 # What the daemon may still need after the drain deadline: the job's kill grace, the
 # workers' exit, closing the store (see _drain); the extension covers it.
 STOP_SLACK_S = 15.0
@@ -104,6 +108,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._drain_deadline = 0.0
         self.server: server.ControlServer | None = None
+        self._scheduler_poke: asyncio.TimerHandle | None = None
 
     @property
     def connections(self) -> int:
@@ -157,7 +162,7 @@ class Daemon:
         cfg = self.config
         stored = await self.committer.call(lambda s: s.get_settings())
         self.settings = dict(queue_settings(stored))
-        desired = _runtime_workers(stored)
+        desired = _runtime_workers(stored, cfg.node_id)
         if desired is None:
             desired = cfg.workers
 
@@ -189,6 +194,17 @@ class Daemon:
             controllers=self.containment.controllers,
         )
         self.supervisor = self.dispatcher.supervisor
+        self.committer.on_recovered = self.dispatcher.store_recovered
+        # Before taking back "our" jobs: refuse to start if a live daemon has our name.
+        self.membership = Membership(
+            self.committer,
+            self.dispatcher.recorder,
+            NodeIdentity.current(cfg.node_id, cfg.socket),
+            lambda: cfg.node_timeout,
+            lambda: self.supervisor.desired,
+            self._evicted,
+        )
+        await self.membership.join()
         recovered = await recover(
             self.committer, self.dispatcher.recorder, cfg.node_id, cfg.store_key()
         )
@@ -229,6 +245,11 @@ class Daemon:
             self.committer, cfg.log_dir, cfg.retention, lambda: cfg.retention_every
         )
         self.retention.start()
+        self.membership.start()
+        wakeups = self.committer.store.wakeup_source()
+        if wakeups is not None:
+            self._spawn(wakeups.run(self._remote_change), "store-wakeups")
+            self._spawn(self._follow_shared_settings(), "shared-settings")
         log.info(
             "daemon_ready",
             socket=self.server.path,
@@ -263,6 +284,40 @@ class Daemon:
             return listening_socket(fds[0])
         except ValueError as exc:
             raise Unavailable(str(exc)) from None
+
+    def _remote_change(self) -> None:
+        """Another daemon changed the store (a job, a queue, a schedule): look again."""
+        self.dispatcher.wake()
+        if self._scheduler_poke is None and not self.draining:
+            self._scheduler_poke = asyncio.get_running_loop().call_later(
+                REMOTE_POKE_DELAY_S, self._poke_scheduler
+            )
+
+    def _poke_scheduler(self) -> None:
+        self._scheduler_poke = None
+        self.scheduler.poke()
+
+    def _evicted(self) -> None:
+        """Our jobs were given to others while we were cut off: stop running them."""
+        self.supervisor.cancel_running()
+
+    async def _follow_shared_settings(self) -> None:
+        """Settings another daemon stored (`config set` through it) apply here too."""
+        while True:
+            await asyncio.sleep(max(1.0, self.config.node_timeout / 3))
+            try:
+                stored = await self.committer.call(lambda s: s.get_settings())
+            except QueuectlError:
+                continue
+            fresh = dict(queue_settings(stored))
+            if fresh != self.settings:
+                log.info("settings_changed_elsewhere", keys=sorted(
+                    k for k in fresh.keys() | self.settings.keys()
+                    if fresh.get(k) != self.settings.get(k)
+                ))
+                self.settings.clear()
+                self.settings.update(fresh)
+                self.dispatcher.wake()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -315,6 +370,9 @@ class Daemon:
         # A claim that was committed while the drain began never reached a worker:
         # give back whatever this node still holds, so nothing stays `processing`.
         await recover(self.committer, self.dispatcher.recorder, cfg.node_id, cfg.store_key())
+        await self.membership.leave()
+        if self._scheduler_poke is not None:
+            self._scheduler_poke.cancel()
         self.events.close()
         if self.server is not None:
             await self.server.close()
@@ -419,7 +477,7 @@ class Daemon:
         ``--workers`` > ``QUEUECTLD_WORKERS`` > the file's ``workers``.
         """
         stored = await self.committer.call(lambda s: s.get_settings())
-        runtime = _runtime_workers(stored)
+        runtime = _runtime_workers(stored, self.config.node_id)
         if runtime is not None:
             if changed:
                 log.warning(
@@ -481,9 +539,10 @@ def _nothing(store: object) -> None:
     """A store call that does nothing: the watchdog's proof that the store thread answers."""
 
 
-def _runtime_workers(stored: dict[str, str]) -> int | None:
-    """The worker count `queuectl worker start/stop` stored, if any (a bad value: none)."""
-    value = stored.get(handlers.WORKERS_SETTING, "")
+def _runtime_workers(stored: dict[str, str], node_id: str) -> int | None:
+    """The worker count `queuectl worker start/stop` stored for this daemon, if any (a
+    bad value: none); before clusters it was stored under one key for all."""
+    value = stored.get(handlers.workers_setting(node_id), stored.get(handlers.WORKERS_SETTING, ""))
     return int(value) if value.isdigit() else None
 
 

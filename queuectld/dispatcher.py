@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from queuectl.errors import QueuectlError
+from queuectl.errors import QueuectlError, StoreUnavailable
 from queuectld import limits, procs
 from queuectld.cgroup import attempt_path
 from queuectld.committer import Committer
@@ -39,7 +39,7 @@ from queuectld.events import EventBus
 from queuectld.execproto import JobFinished, RunJob
 from queuectld.jobs import Claim, Job
 from queuectld.recorder import Recorder
-from queuectld.recovery import rescue_expired_leases
+from queuectld.recovery import rescue_expired_leases, rescue_lost_claims
 from queuectld.store.base import Finished, Settled, Store
 from queuectld.supervisor import Supervisor, SupervisorEvents
 
@@ -260,6 +260,8 @@ class Dispatcher:
             try:
                 await self._cycle()
                 failed = False
+            except StoreUnavailable:
+                pass  # the committer logged the outage once; outcomes are kept
             except QueuectlError as exc:
                 log.error("claim_failed", error=str(exc))
             except Exception:
@@ -337,7 +339,8 @@ class Dispatcher:
             self._update_demand()
             # Nothing of the cycle was kept. Record each outcome on its own, so one that
             # cannot be stored does not hold back the others; give-backs wait a cycle.
-            log.error("cycle_failed", error=str(exc), outcomes=len(outcomes))
+            if not isinstance(exc, StoreUnavailable):  # an outage is logged once
+                log.error("cycle_failed", error=str(exc), outcomes=len(outcomes))
             self._give_back += give_back
             for o in outcomes:
                 await self.recorder.store_one(o)
@@ -556,3 +559,23 @@ class Dispatcher:
             await self.recorder.retry_unrecorded()
             self.supervisor.kill_hung()
             await rescue_expired_leases(self.committer, self.recorder, self.owner)
+            await rescue_lost_claims(self.committer, self.recorder, self.owner, self.holds())
+
+    def holds(self) -> set[str]:
+        """The jobs this daemon knows it holds: claimed ahead, with an executor, or
+        ended with the outcome not yet recorded."""
+        ids = {entry.claim.job.id for entry in self._ready}
+        ids.update(claim.job.id for claim in self._give_back)
+        ids.update(self.supervisor.held_ids())
+        ids.update(self.recorder.unrecorded_ids())
+        return ids
+
+    def store_recovered(self) -> None:
+        """The store answers again after an outage: record what waited, claim again."""
+        self._flush_due = True
+        self.wake()
+        task = asyncio.get_running_loop().create_task(
+            self.recorder.retry_unrecorded(), name="retry-unrecorded"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

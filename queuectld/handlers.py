@@ -32,7 +32,9 @@ from queuectl.protocol import (
     JobView,
     KillArgs,
     ListArgs,
+    LogChunk,
     LogsArgs,
+    NodeView,
     NoArgs,
     Op,
     PurgeArgs,
@@ -58,7 +60,7 @@ from queuectld.cgroup import Containment
 from queuectld.config import QUEUE_SETTINGS, QueueSettings, setting_for
 from queuectld.jobs import FINAL, Job, NewJob
 from queuectld.queues import QueueLimits
-from queuectld.store.base import JobFilter, ScheduleRow, Store
+from queuectld.store.base import JobFilter, NodeRow, ScheduleRow, Store
 
 if TYPE_CHECKING:
     from queuectld.access import AccessPolicy
@@ -100,6 +102,12 @@ class HandlerContext(Protocol):
 log = structlog.get_logger("queuectld.handlers")
 
 WORKERS_SETTING = "workers"
+
+
+def workers_setting(node_id: str) -> str:
+    """The stored key of one daemon's worker count: each host of a cluster has its own
+    (the bare ``workers`` key, from before clusters, is still read as a fallback)."""
+    return f"{WORKERS_SETTING}@{node_id}"
 
 
 def _new_job(d: HandlerContext, args: EnqueueArgs, now: float) -> NewJob:
@@ -193,7 +201,11 @@ async def list_jobs(d: HandlerContext, args: ListArgs) -> dict[str, Any]:
 
 async def status(d: HandlerContext, args: NoArgs) -> StatusView:
     owner = d.access.scope(server.caller())
-    by_queue = await d.committer.call(lambda s: s.count_by_queue(owner))
+
+    def read(s: Store) -> tuple[dict[str, dict[JobState, int]], list[NodeRow]]:
+        return s.count_by_queue(owner), s.nodes()
+
+    by_queue, rows = await d.committer.call(read)
     counts = {state.value: 0 for state in JobState}
     for by_state in by_queue.values():
         for state, n in by_state.items():
@@ -204,7 +216,35 @@ async def status(d: HandlerContext, args: NoArgs) -> StatusView:
         workers=_workers(d),
         draining=d.draining,
         version=__version__,
+        nodes=[_node_view(d, row) for row in rows],
     )
+
+
+def _node_view(d: HandlerContext, row: NodeRow) -> NodeView:
+    if row.stopped_at is not None:
+        state = "stopped"
+    elif row.rescued_at is not None or time.time() - row.heartbeat_at >= d.config.node_timeout:
+        state = "gone"
+    else:
+        state = "live"
+    return NodeView(
+        name=row.name,
+        host=row.host,
+        pid=row.pid,
+        state=state,
+        slots=row.slots,
+        running=row.running,
+        started_at=row.started_at,
+        heartbeat_at=row.heartbeat_at,
+        socket=row.socket,
+        this=row.name == d.config.node_id,
+    )
+
+
+async def nodes(d: HandlerContext, args: NoArgs) -> list[NodeView]:
+    """Every daemon sharing the store: live, gone or stopped."""
+    rows = await d.committer.call(lambda s: s.nodes())
+    return [_node_view(d, row) for row in rows]
 
 
 def _workers(d: HandlerContext) -> WorkersView:
@@ -231,7 +271,8 @@ async def metrics(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
 
 async def workers_set(d: HandlerContext, args: WorkersArgs) -> WorkersView:
     d.access.require_admin(server.caller(), "change the number of workers")
-    await d.committer.call(lambda s: s.set_setting(WORKERS_SETTING, str(args.count)))
+    key = workers_setting(d.config.node_id)
+    await d.committer.call(lambda s: s.set_setting(key, str(args.count)))
     log.info("workers_set", desired=args.count, uid=server.caller_uid())
     await d.supervisor.scale(args.count)
     d.dispatcher.wake()
@@ -364,9 +405,23 @@ async def logs(d: HandlerContext, args: LogsArgs) -> dict[str, Any]:
     d.access.check_job(server.caller(), job, args.id)
     path = joblog.log_path(d.config.log_dir, args.id)
     chunk = joblog.read_chunk(path, args.offset, args.max_bytes)
-    if chunk is None:
-        return {"path": str(path), "data": b"", "offset": args.offset, "size": 0}
-    return dict(chunk)
+    if chunk is not None:
+        return dict(chunk)
+    empty = LogChunk(path=str(path), data=b"", offset=args.offset, size=0)
+    job = await d.committer.call(lambda s: s.get_job(args.id, with_history=True))
+    if job is None:
+        return dict(empty)
+    ran_on = job.lease_owner or next(
+        (a.node for a in reversed(job.history) if a.node is not None), None
+    )
+    if ran_on is not None and ran_on != d.config.node_id:
+        # Logs stay on the host that ran the job: say which daemon has it.
+        rows = await d.committer.call(lambda s: s.nodes())
+        node = next((n for n in rows if n.name == ran_on), None)
+        empty["node"] = ran_on
+        if node is not None:
+            empty["host"], empty["socket"] = node.host, node.socket
+    return dict(empty)
 
 
 async def purge(d: HandlerContext, args: PurgeArgs) -> PurgeView:
@@ -807,6 +862,7 @@ HANDLERS: dict[Op, Handler] = {
     Op.CONFIG_SET: config_set,
     Op.CONFIG_LIST: config_list,
     Op.WAIT: wait,
+    Op.NODES: nodes,
     Op.SHUTDOWN: shutdown,
 }
 # Requests that only read and wait: nothing is left half-done when their client hangs

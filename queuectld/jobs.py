@@ -213,6 +213,7 @@ class Attempt:
     job_error: str | None = None  # the job's last_error (the DLQ reason when it dies)
     cpu_seconds: float | None = None
     peak_bytes: int | None = None
+    node: str | None = None  # the daemon that ran it (its log file is on that host)
 
     def view(self) -> AttemptView:
         return AttemptView(

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from queuectl.errors import QueuectlError
+from queuectl.errors import QueuectlError, StoreUnavailable
 from queuectl.protocol import JobState, Outcome
 from queuectld.committer import Committer
 from queuectld.config import QueueSettings
@@ -129,7 +129,8 @@ class Recorder:
             finished = await self._committer.call(lambda s: s.finish_attempts([result]))
         except QueuectlError as exc:
             # The job keeps its lease; the safety tick records the result later.
-            log.error(
+            level = log.debug if isinstance(exc, StoreUnavailable) else log.error  # logged once
+            level(
                 "result_not_recorded",
                 job_id=result.job_id,
                 attempt=result.attempt,
@@ -152,6 +153,10 @@ class Recorder:
         else:
             self.after_settled(finished.settled)
             self._wake()
+
+    def unrecorded_ids(self) -> set[str]:
+        """Jobs whose attempt ended but whose outcome is not in the store yet."""
+        return {o.result.job_id for o in self.pending} | {r.job_id for r in self._unrecorded}
 
     def after_record(self, o: PendingOutcome, recorded: bool) -> None:
         """Announce an outcome the store kept (a late one, from an old lease, it refused)."""

@@ -60,3 +60,25 @@ async def rescue_expired_leases(committer: Committer, recorder: Recorder, owner:
         reason = f"the lease of {claim.job.lease_owner} expired"
         log.warning("lease_expired", job_id=claim.job.id, owner=claim.job.lease_owner)
         await recorder.store_one(recorder.interrupted(claim, reason))
+
+
+# A claim older than this that the dispatcher does not know of was lost: its commit
+# went through while the daemon saw the store fail (a connection cut during COMMIT).
+LOST_CLAIM_AGE_S = 30.0
+
+
+async def rescue_lost_claims(
+    committer: Committer, recorder: Recorder, owner: str, known: set[str]
+) -> None:
+    """Return our own leased jobs that no part of this daemon holds to the queue."""
+    before = time.time() - LOST_CLAIM_AGE_S
+    try:
+        held = await committer.call(lambda s: s.leased_jobs(owner, None))
+    except QueuectlError:
+        return
+    for claim in held:
+        if claim.job.id in known or claim.job.updated_at > before:
+            continue
+        log.warning("lost_claim_returned", job_id=claim.job.id)
+        reason = "claimed while the store connection failed; never started"
+        await recorder.store_one(recorder.interrupted(claim, reason))

@@ -217,6 +217,10 @@ class Supervisor:
             if e.state in (ExecutorState.STARTING, ExecutorState.READY)
         ]
 
+    def held_ids(self) -> set[str]:
+        """The jobs sent to an executor and not yet reported ended."""
+        return {job_id for executor in self.executors.values() for job_id in executor.held}
+
     def free_slots(self) -> int:
         """Slots of ready executors with nothing sent to them."""
         if self._stopping:
