@@ -33,11 +33,19 @@ def start_drain(cluster_factory: ClusterFactory, pg: PrivatePostgres) -> tuple[C
     return cluster, ids
 
 
-def finish_drain(cluster: Cluster, ids: list[str], fault: str) -> None:
-    """Wait for the rest, then check the daemons and the bookkeeping."""
+def outage_lines(daemon: QueueDaemon) -> int:
+    """How many times the daemon logged that its store went away."""
+    return sum(1 for e in daemon.log_events() if e.get("event") == "store_unavailable")
+
+
+def finish_drain(cluster: Cluster, ids: list[str], fault: str, max_outages: int) -> None:
+    """Wait for the rest, then check the daemons, their logs and the bookkeeping."""
     took = cluster.wait_drained(JOBS, timeout=150)
     for d in cluster.daemons:
         assert d.running(), f"{cluster.node_id(d)} died:\n{d.stderr_text()[-3000:]}"
+        # One clear line per outage, not one per failed call or retry.
+        lines = outage_lines(d)
+        assert lines <= max_outages, f"{cluster.node_id(d)} logged {lines} store_unavailable lines"
     book = cluster.check_bookkeeping(ids)
     print(f"{fault}: drained {took:.1f}s after the fault; {book.summary()}")
     assert_bookkeeping(book)
@@ -70,7 +78,8 @@ def test_postgres_restart_mid_drain(
     with fault_pg.down(mode):
         for d in cluster.daemons:
             assert_store_unavailable(d)
-    finish_drain(cluster, ids, f"PostgreSQL restart ({mode})")
+            assert outage_lines(d) == 1
+    finish_drain(cluster, ids, f"PostgreSQL restart ({mode})", max_outages=1)
 
 
 def test_backend_connections_terminated_mid_drain(
@@ -84,7 +93,7 @@ def test_backend_connections_terminated_mid_drain(
     killed.append(fault_pg.terminate_backends())
     print(f"terminated backends: {killed}")
     assert killed[0] >= DAEMONS  # at least one connection of each daemon
-    finish_drain(cluster, ids, "backends terminated")
+    finish_drain(cluster, ids, "backends terminated", max_outages=len(killed))
 
 
 def test_every_connection_slot_taken_mid_drain(
@@ -96,4 +105,5 @@ def test_every_connection_slot_taken_mid_drain(
         assert len(held) == fault_pg.max_connections
         for d in cluster.daemons:
             assert_store_unavailable(d)
-    finish_drain(cluster, ids, "connection slots full")
+            assert outage_lines(d) == 1
+    finish_drain(cluster, ids, "connection slots full", max_outages=1)
