@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from queuectl.protocol import JobState
@@ -133,6 +134,11 @@ def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFac
     )
 
 
+def wait_stamp(path: Path, what: str) -> float:
+    """The time a job wrote to ``path``, once it has."""
+    return wait_for(lambda: read_float(path), timeout=SAFETY_POLL * 2, interval=0.01, what=what)
+
+
 def test_job_enqueued_on_a_host_without_workers_starts_on_another(
     cluster_factory: ClusterFactory,
 ) -> None:
@@ -151,12 +157,7 @@ def test_job_enqueued_on_a_host_without_workers_starts_on_another(
             stamp = stamps / f"p{n}"
             job = client.enqueue(f"date +%s.%N > {stamp}.tmp && mv {stamp}.tmp {stamp}", id=f"p{n}")
             acked = time.time()
-            started = wait_for(
-                lambda stamp=stamp: read_float(stamp),  # type: ignore[misc]
-                timeout=SAFETY_POLL * 2,
-                interval=0.01,
-                what=f"job {job['id']} to start",
-            )
+            started = wait_stamp(stamp, f"job {job['id']} to start")
             latencies.append(started - acked)
             host_a.wait_for_state(job["id"], JobState.COMPLETED.value, timeout=30)
             assert job_log_exists(host_b, job["id"]) and not job_log_exists(host_a, job["id"])

@@ -38,6 +38,11 @@ def outage_lines(daemon: QueueDaemon) -> int:
     return sum(1 for e in daemon.log_events() if e.get("event") == "store_unavailable")
 
 
+def wait_outage_logged(daemon: QueueDaemon) -> int:
+    """Wait for the daemon's store_unavailable line; how many it logged."""
+    return wait_for(lambda: outage_lines(daemon), timeout=10, what="a store_unavailable line")
+
+
 def finish_drain(cluster: Cluster, ids: list[str], fault: str, max_outages: int) -> None:
     """Wait for the rest, then check the daemons, their logs and the bookkeeping."""
     took = cluster.wait_drained(JOBS, timeout=150)
@@ -78,7 +83,7 @@ def test_postgres_restart_mid_drain(
     with fault_pg.down(mode):
         for d in cluster.daemons:
             assert_store_unavailable(d)
-            assert outage_lines(d) == 1
+            assert wait_outage_logged(d) == 1
     finish_drain(cluster, ids, f"PostgreSQL restart ({mode})", max_outages=1)
 
 
@@ -105,5 +110,5 @@ def test_every_connection_slot_taken_mid_drain(
         assert len(held) == fault_pg.max_connections
         for d in cluster.daemons:
             assert_store_unavailable(d)
-            assert outage_lines(d) == 1
+            assert wait_outage_logged(d) == 1
     finish_drain(cluster, ids, "connection slots full", max_outages=1)
