@@ -5,19 +5,24 @@ from __future__ import annotations
 from queuectld.store.base import Store
 
 
-def open_store(url: str) -> Store:
-    """Open the store named by ``url``: a file path or ``sqlite:///path``.
-
-    PostgreSQL (``postgresql://...``) is planned behind the same interface.
-    """
-    from queuectl.errors import InvalidRequest
-
+def open_store(url: str, schema: str = "queuectl") -> Store:
+    """Open the store named by ``url``: a file path or ``sqlite:///path`` (SQLite), or a
+    ``postgresql://`` / ``postgres://`` URL (PostgreSQL, in the schema ``schema``)."""
+    store: Store
     if url.startswith(("postgres://", "postgresql://")):
-        raise InvalidRequest("the PostgreSQL store is not available yet; use a SQLite path")
-    from queuectld.store.sqlite import SQLiteStore
+        try:  # psycopg is an extra: `pip install queuectl[postgres]`
+            from queuectld.store.postgres import PostgresStore
+        except ImportError as exc:
+            from queuectl.errors import InvalidRequest
 
-    path = url.removeprefix("sqlite://")
-    store = SQLiteStore(path)
+            raise InvalidRequest(
+                f"the PostgreSQL store needs psycopg ({exc}); install queuectl[postgres]"
+            ) from exc
+        store = PostgresStore(url, schema)
+    else:
+        from queuectld.store.sqlite import SQLiteStore
+
+        store = SQLiteStore(url.removeprefix("sqlite://"))
     store.open()
     return store
 

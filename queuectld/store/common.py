@@ -225,7 +225,7 @@ class SQLStore(Store):
                 taken.add(new.id)
                 continue
             if number is None:
-                row = self._run("get_meta", {"key": "next_job_number"}).fetchone()
+                row = self._run("next_job_number").fetchone()
                 number = int(row["value"]) if row else 1
             while str(number) in taken or self._run("job_exists", {"id": str(number)}).fetchone():
                 number += 1
@@ -236,9 +236,10 @@ class SQLStore(Store):
             self._run("set_meta", {"key": "next_job_number", "value": str(number)})
         return ids
 
-    def add_jobs(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
+    def add_jobs(self, jobs: Sequence[NewJob], now: float, _retried: bool = False) -> list[Job]:
         keys = [new.unique_key for new in jobs if new.unique_key is not None]
         holders = {j.unique_key: j for j in self.unfinished_with_keys(keys)}
+        held = set(holders)  # keys of jobs stored before this call
         fresh = [new for new in jobs if new.unique_key is None or new.unique_key not in holders]
         ids = iter(self._assign_ids(fresh))
         out: list[Job] = []
@@ -316,6 +317,11 @@ class SQLStore(Store):
                         f"a job with id {job_id!r} already exists; choose another id"
                     ) from None
                 seen.add(job_id)
+            now_held = {j.unique_key for j in self.unfinished_with_keys(keys)} if keys else set()
+            if not _retried and now_held - held:
+                # Another user of the store (a PostgreSQL host) stored a job with one of
+                # these unique keys since we looked: now it is seen, and returned.
+                return self.add_jobs(jobs, now, _retried=True)
             raise InternalError("a new job broke a uniqueness constraint") from None
         return out
 
@@ -436,18 +442,7 @@ class SQLStore(Store):
             "default_timeout": default_timeout,
             "lease_margin": lease_margin,
         }
-        if len(allowed) == 1:
-            ((queue, n),) = allowed.items()
-            params.update(queue=queue, limit=min(n, limit))
-            claimed = self._run("claim_from_queue", params).fetchall()
-        else:
-            candidates: list[tuple[int, float, int]] = []  # claim order: the index's
-            for queue, n in allowed.items():
-                rows = self._run("ready_in_queue", {"queue": queue, "limit": min(n, limit)})
-                candidates += [(-r["priority"], r["run_at"], r["seq"]) for r in rows]
-            chosen = [seq for _, _, seq in sorted(candidates)[:limit]]
-            params["seqs"] = json.dumps(chosen)
-            claimed = self._run("claim_seqs", params).fetchall()
+        claimed = self._claim_rows(allowed, limit, params)
         claimed.sort(key=lambda r: (-r["priority"], r["run_at"], r["seq"]))  # RETURNING: no order
         self._run_many(
             "insert_attempt",
@@ -457,6 +452,25 @@ class SQLStore(Store):
             Claim(job=job_from_row(r), attempt=r["runs"], lease_token=r["lease_token"])
             for r in claimed
         ]
+
+    def _ready(self, allowed: dict[str, int], limit: int) -> list[tuple[str, int]]:
+        """The next ``limit`` ready jobs of several queues in claim order, as (queue,
+        seq): the first few of each queue (a descent of jobs_ready each), merged."""
+        candidates: list[tuple[int, float, int, str]] = []
+        for queue, n in allowed.items():
+            rows = self._run("ready_in_queue", {"queue": queue, "limit": min(n, limit)})
+            candidates += [(-r["priority"], r["run_at"], r["seq"], queue) for r in rows]
+        return [(queue, seq) for _, _, seq, queue in sorted(candidates)[:limit]]
+
+    def _claim_rows(self, allowed: dict[str, int], limit: int, params: dict[str, Any]) -> list[Any]:
+        """Lease the jobs :meth:`claim_from_queues` takes; their rows, in any order."""
+        if len(allowed) == 1:
+            ((queue, n),) = allowed.items()
+            return self._run(
+                "claim_from_queue", {**params, "queue": queue, "limit": min(n, limit)}
+            ).fetchall()
+        chosen = [seq for _, seq in self._ready(allowed, limit)]
+        return self._run("claim_seqs", {**params, "seqs": json.dumps(chosen)}).fetchall()
 
     def next_timed_at(self) -> float | None:
         row = self._run("next_timed_at").fetchone()

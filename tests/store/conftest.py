@@ -10,14 +10,16 @@ their own module, as ``test_sqlite.py`` does.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from queuectld.store.base import Store
 from queuectld.store.sqlite import SQLiteStore
+from tests.pg import PG_URL, pg_schema
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 class Backend:
@@ -27,10 +29,19 @@ class Backend:
         self.kind = kind
         self.tmp_path = tmp_path
         self._open: list[Store] = []
+        self._cleanup = ExitStack()
+        self.schema = ""
+        if kind == "postgres":
+            # A fresh schema per test (dropped at the end); every open() joins it.
+            self.schema = self._cleanup.enter_context(pg_schema())
 
     def open(self) -> Store:
         if self.kind == "sqlite":
             store: Store = SQLiteStore(self.tmp_path / "queue.db")
+        elif self.kind == "postgres":
+            from queuectld.store.postgres import PostgresStore
+
+            store = PostgresStore(PG_URL, self.schema)
         else:  # pragma: no cover - a backend named in BACKENDS but not built here
             raise NotImplementedError(self.kind)
         store.open()
@@ -42,12 +53,17 @@ class Backend:
             store.close()
         self._open.clear()
 
+    def drop(self) -> None:
+        """Remove the database (the PostgreSQL schema) after the test."""
+        self.close_all()
+        self._cleanup.close()
+
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     b = Backend(request.param, tmp_path)
     yield b
-    b.close_all()
+    b.drop()
 
 
 @pytest.fixture

@@ -7,6 +7,9 @@ SELECT value FROM meta WHERE key = :key;
 INSERT INTO meta (key, value) VALUES (:key, :value)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
+-- name: next_job_number
+SELECT value FROM meta WHERE key = 'next_job_number';
+
 -- name: job_exists
 SELECT 1 FROM jobs WHERE id = :id;
 
