@@ -140,8 +140,10 @@ class Committer:
         after: Callable[[], None] | None = None
         if self._outage is not None and time.monotonic() < self._retry_at:
             # Answer at once rather than make every caller wait for a connect to fail.
-            err = self._outage
-            self._loop.call_soon_threadsafe(_deliver, [(f, None, err) for _, f in batch], None)
+            refused: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
+                (fut, None, self._outage) for _, fut in batch
+            ]
+            self._loop.call_soon_threadsafe(_deliver, refused, None)
             return
         try:
             with self.store.transaction():
@@ -179,8 +181,8 @@ class Committer:
         else:
             if self._outage is not None:
                 self._outage = None
-                down = round(time.monotonic() - self._outage_began, 3)
-                log.warning("store_available", store=self.store.describe(), down_seconds=down)
+                took = round(time.monotonic() - self._outage_began, 3)
+                log.warning("store_available", store=self.store.describe(), down_seconds=took)
                 if self.on_recovered is not None:
                     self._loop.call_soon_threadsafe(self.on_recovered)
         self.transactions += 1

@@ -242,7 +242,11 @@ class Daemon:
         self.scheduler.start()
         # The config object is the one SIGHUP updates: the next pass reads the new values.
         self.retention = Retention(
-            self.committer, cfg.log_dir, cfg.retention, lambda: cfg.retention_every
+            self.committer,
+            cfg.log_dir,
+            cfg.retention,
+            lambda: cfg.retention_every,
+            shared=cfg.uses_postgres,
         )
         self.retention.start()
         self.membership.start()
@@ -311,10 +315,14 @@ class Daemon:
                 continue
             fresh = dict(queue_settings(stored))
             if fresh != self.settings:
-                log.info("settings_changed_elsewhere", keys=sorted(
-                    k for k in fresh.keys() | self.settings.keys()
-                    if fresh.get(k) != self.settings.get(k)
-                ))
+                log.info(
+                    "settings_changed_elsewhere",
+                    keys=sorted(
+                        k
+                        for k in fresh.keys() | self.settings.keys()
+                        if fresh.get(k) != self.settings.get(k)
+                    ),
+                )
                 self.settings.clear()
                 self.settings.update(fresh)
                 self.dispatcher.wake()

@@ -21,6 +21,7 @@ from queuectl.errors import (
     QueuectlError,
     ShuttingDown,
     StorageFull,
+    StoreUnavailable,
     Unavailable,
 )
 
@@ -38,6 +39,7 @@ STATUS_BY_CODE: dict[str, int] = {
     InternalError.code: 502,
     Unavailable.code: 503,
     ShuttingDown.code: 503,
+    StoreUnavailable.code: 503,
 }
 
 # Refusals that come from the gateway itself, not from the daemon.

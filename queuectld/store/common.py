@@ -99,6 +99,7 @@ def attempt_from_row(row: Row) -> Attempt:
         worker=row["worker"],
         cpu_seconds=row["cpu_seconds"],
         peak_bytes=row["peak_bytes"],
+        node=row["lease_owner"],
     )
 
 
