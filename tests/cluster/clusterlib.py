@@ -19,15 +19,17 @@ import shlex
 import shutil
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from queuectl.errors import QueuectlError
+from queuectl.errors import StoreUnavailable
 from queuectl.protocol import JobState
 from queuectld.store import Store, open_store
 from tests.harness import QueueDaemon, short_tmpdir, wait_for
+
+T = TypeVar("T")
 
 # Settings of every cluster daemon unless a test says otherwise: a few workers each,
 # short drains so teardown is quick.
@@ -171,12 +173,19 @@ class Cluster:
             self._store = open_store(self.url, self.schema)
         return self._store
 
+    def read(self, fn: Callable[[Store], T]) -> T:
+        """``fn(store)`` in one transaction of the test's own connection."""
+        store = self.store
+        with store.transaction():
+            return fn(store)
+
     def counts(self) -> dict[str, int] | None:
         """Jobs by state in the store, or ``None`` while the store cannot be reached."""
         try:
-            return {s.value: n for s, n in self.store.count_by_state().items() if n}
-        except QueuectlError:
+            by_state = self.read(lambda s: s.count_by_state())
+        except StoreUnavailable:
             return None
+        return {state.value: n for state, n in by_state.items() if n}
 
     def completed(self) -> int:
         """Completed jobs so far (0 while the store cannot be reached)."""
@@ -212,8 +221,8 @@ class Cluster:
         problems: list[str] = []
         interruptions = 0
         extra = 0
-        for job_id in ids:
-            job = self.store.get_job(job_id, with_history=True)
+        jobs = self.read(lambda s: [s.get_job(i, with_history=True) for i in ids])
+        for job_id, job in zip(ids, jobs, strict=True):
             if job is None:
                 problems.append(f"{job_id}: lost (not in the store)")
                 continue

@@ -71,7 +71,7 @@ def test_three_daemons_drain_jobs_exactly_once(cluster_factory: ClusterFactory) 
 
 def _holding(cluster: Cluster, name: str) -> list[str]:
     """Ids of the jobs the node ``name`` holds a lease on now."""
-    return sorted(c.job.id for c in cluster.store.leased_jobs(name, None))
+    return sorted(c.job.id for c in cluster.read(lambda s: s.leased_jobs(name, None)))
 
 
 def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFactory) -> None:
@@ -109,13 +109,13 @@ def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFac
     book = cluster.check_bookkeeping(ids)
     print(f"drained {took:.1f}s after the rescue; {book.summary()}")
     assert_bookkeeping(book)
-    for job_id in held:
-        job = cluster.store.get_job(job_id, with_history=True)
+    held_jobs = cluster.read(lambda s: [s.get_job(i, with_history=True) for i in held])
+    for job_id, job in zip(held, held_jobs, strict=True):
         assert job is not None
         outcomes = [a.outcome for a in job.history]
         assert "interrupted" in outcomes, f"{job_id} held by {name}: no interruption, {outcomes}"
     survivors = {cluster.node_id(d) for d in cluster.daemons if d is not victim}
-    rescued = {n.name: n for n in cluster.store.nodes()}[name]
+    rescued = {n.name: n for n in cluster.read(lambda s: s.nodes())}[name]
     assert rescued.rescued_at is not None, rescued
 
     # Restarted with the same node_id, it registers again and is listed as live.
@@ -128,7 +128,7 @@ def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFac
         what=f"{name} to be live again in `queuectl nodes`",
     )
     print(f"{name} rejoined: {entry}")
-    row = {n.name: n for n in cluster.store.nodes()}[name]
+    row = {n.name: n for n in cluster.read(lambda s: s.nodes())}[name]
     assert (
         row.rescued_at is None and row.stopped_at is None and row.started_at > (rescued.started_at)
     )
