@@ -129,9 +129,14 @@ def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFac
     )
     print(f"{name} rejoined: {entry}")
     row = {n.name: n for n in cluster.read(lambda s: s.nodes())}[name]
-    assert (
-        row.rescued_at is None and row.stopped_at is None and row.started_at > (rescued.started_at)
-    )
+    assert row.rescued_at is None and row.stopped_at is None, row
+    assert row.started_at > rescued.started_at, (row, rescued)
+    # ... and takes its share of new work again.
+    more = cluster.enqueue_spread(90, prefix="r", command=cluster.job_command("sleep 0.05"))
+    cluster.wait_completed(KILL_JOBS + len(more), timeout=60)
+    again = [r for r in cluster.runs() if r.job_id.startswith("r") and r.tag == victim.tag]
+    print(f"{name} ran {len(again)} of {len(more)} jobs enqueued after it rejoined")
+    assert again, f"{name} ran none of {len(more)} new jobs after it rejoined"
 
 
 def wait_stamp(path: Path, what: str) -> float:
