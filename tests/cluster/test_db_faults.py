@@ -10,6 +10,7 @@ they answer clients with a "store unavailable" error.
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -80,10 +81,12 @@ def test_postgres_restart_mid_drain(
     fault_pg: PrivatePostgres, cluster_factory: ClusterFactory, mode: str
 ) -> None:
     cluster, ids = start_drain(cluster_factory, fault_pg)
+    began = time.monotonic()
     with fault_pg.down(mode):
         for d in cluster.daemons:
             assert_store_unavailable(d)
             assert wait_outage_logged(d) == 1
+        print(f"PostgreSQL down for {time.monotonic() - began:.1f}s")
     finish_drain(cluster, ids, f"PostgreSQL restart ({mode})", max_outages=1)
 
 
@@ -107,8 +110,10 @@ def test_every_connection_slot_taken_mid_drain(
     cluster, ids = start_drain(cluster_factory, fault_pg)
     # The daemons lose the connections they had and cannot open new ones meanwhile.
     with fault_pg.fill_connections(evict=True) as held:
+        began = time.monotonic()
         assert len(held) == fault_pg.max_connections
         for d in cluster.daemons:
             assert_store_unavailable(d)
             assert wait_outage_logged(d) == 1
+        print(f"held all {len(held)} connection slots for {time.monotonic() - began:.1f}s")
     finish_drain(cluster, ids, "connection slots full", max_outages=1)
