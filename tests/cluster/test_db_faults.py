@@ -22,6 +22,9 @@ from tests.pgserver import PrivatePostgres
 
 JOBS = 2000
 DAEMONS = 2
+# How long the outages last: several of the daemons' retries (their backoff starts at a
+# fraction of a second), and jobs finishing meanwhile whose outcomes must wait.
+OUTAGE_S = 4.0
 UNAVAILABLE = re.compile(r"store\b.*\bunavailable", re.IGNORECASE)
 
 
@@ -37,6 +40,31 @@ def start_drain(cluster_factory: ClusterFactory, pg: PrivatePostgres) -> tuple[C
 def outage_lines(daemon: QueueDaemon) -> int:
     """How many times the daemon logged that its store went away."""
     return sum(1 for e in daemon.log_events() if e.get("event") == "store_unavailable")
+
+
+def unavailable_throughout(cluster: Cluster, began: float) -> None:
+    """Until the outage has lasted OUTAGE_S, every request to every daemon is answered,
+    promptly, with StoreUnavailable (no hang, no other error); each logs one line."""
+    for d in cluster.daemons:
+        assert_store_unavailable(d)
+        assert wait_outage_logged(d) == 1
+    slowest = 0.0
+    clients = [d.client() for d in cluster.daemons]
+    try:
+        while time.monotonic() - began < OUTAGE_S:
+            for client in clients:
+                asked = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    client.status()
+                slowest = max(slowest, time.monotonic() - asked)
+            time.sleep(0.1)  # the pace of the requests, not a wait for an event
+    finally:
+        for client in clients:
+            client.close()
+    print(f"outage of {time.monotonic() - began:.1f}s; slowest refusal {slowest:.2f}s")
+    assert slowest < 10, f"a request took {slowest:.1f}s to be refused"
+    for d in cluster.daemons:
+        assert d.running() and outage_lines(d) == 1
 
 
 def wait_outage_logged(daemon: QueueDaemon) -> int:
@@ -83,10 +111,7 @@ def test_postgres_restart_mid_drain(
     cluster, ids = start_drain(cluster_factory, fault_pg)
     began = time.monotonic()
     with fault_pg.down(mode):
-        for d in cluster.daemons:
-            assert_store_unavailable(d)
-            assert wait_outage_logged(d) == 1
-        print(f"PostgreSQL down for {time.monotonic() - began:.1f}s")
+        unavailable_throughout(cluster, began)
     finish_drain(cluster, ids, f"PostgreSQL restart ({mode})", max_outages=1)
 
 
@@ -109,11 +134,8 @@ def test_every_connection_slot_taken_mid_drain(
 ) -> None:
     cluster, ids = start_drain(cluster_factory, fault_pg)
     # The daemons lose the connections they had and cannot open new ones meanwhile.
+    began = time.monotonic()
     with fault_pg.fill_connections(evict=True) as held:
-        began = time.monotonic()
         assert len(held) == fault_pg.max_connections
-        for d in cluster.daemons:
-            assert_store_unavailable(d)
-            assert wait_outage_logged(d) == 1
-        print(f"held all {len(held)} connection slots for {time.monotonic() - began:.1f}s")
+        unavailable_throughout(cluster, began)
     finish_drain(cluster, ids, "connection slots full", max_outages=1)
