@@ -11,17 +11,21 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import psycopg
+import psycopg_pool
 import pytest
+from psycopg import errors as pg_errors
 
-from queuectl.errors import InternalError, StoreUnavailable
+from queuectl.errors import InternalError, StorageFull, StoreUnavailable
 from queuectl.protocol import JobState
 from queuectld.jobs import Claim, Job, NewJob
 from queuectld.queues import QueueLimits
+from queuectld.scheduler import fire_due, next_tick
 from queuectld.store import open_store
-from queuectld.store.base import NodeRow
+from queuectld.store.base import JobFilter, NodeRow, ScheduleRow
 from queuectld.store.postgres import FOLD_OVER, SCHEMA_VERSION, PostgresStore, Q
 from tests.pg import PG_URL, pg_schema
 from tests.store.test_contract import (
@@ -35,6 +39,7 @@ from tests.store.test_contract import (
     one,
 )
 
+T = TypeVar("T")
 WAIT = 30.0  # seconds an expected event may take on a loaded machine
 
 
@@ -274,14 +279,15 @@ def test_counts_stay_right_after_folding(hosts: tuple[PostgresStore, PostgresSto
     assert_counts_match(b)
 
 
-def test_the_claim_reads_the_jobs_ready_index(schema: str) -> None:
+def test_the_claim_reads_the_partial_indexes(schema: str) -> None:
     store = PostgresStore(PG_URL, schema)
     store.open()
     try:
         raw(
             f'INSERT INTO "{schema}".jobs (id, command, state, queue, created_at, updated_at,'
-            " run_at) SELECT 'x' || i, 'true', CASE WHEN i % 10 = 0 THEN 'pending'"
-            " ELSE 'completed' END, 'q' || (i % 5), 0, 0, 0 FROM generate_series(1, 20000) i"
+            " run_at) SELECT 'x' || i, 'true', CASE i % 10 WHEN 0 THEN 'pending'"
+            " WHEN 1 THEN 'waiting' ELSE 'completed' END, 'q' || (i % 5), 0, 0, i"
+            " FROM generate_series(1, 20000) i"
         )
         raw(f'ANALYZE "{schema}".jobs')
         params = {
@@ -293,11 +299,16 @@ def test_the_claim_reads_the_jobs_ready_index(schema: str) -> None:
             "lease_margin": 1.0,
         }
         with store.transaction():
-            for name in ("claim_from_queue", "ready_in_queue"):
+            for name, index in (
+                ("claim_from_queue", "jobs_ready"),
+                ("ready_in_queue", "jobs_ready"),
+                ("next_timed_at", "jobs_timed"),
+                ("promote_due", "jobs_timed"),
+            ):
                 plan = "\n".join(
                     str(r["QUERY PLAN"]) for r in store.conn.execute("EXPLAIN " + Q[name], params)
                 )
-                assert "jobs_ready" in plan, plan
+                assert index in plan, plan
                 assert "Seq Scan" not in plan, plan
     finally:
         store.close()
@@ -369,3 +380,99 @@ def test_a_unique_key_taken_by_another_host_meanwhile_returns_its_job(
     (theirs,) = got
     assert isinstance(theirs, Job) and theirs.id == mine.id and theirs.command == "true"
     assert [j.id for j in one(b, lambda s: list(s.iter_all()))] == [mine.id]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (pg_errors.DiskFull("could not extend file"), StorageFull),
+        (pg_errors.DeadlockDetected("deadlock detected"), StoreUnavailable),
+        (pg_errors.SerializationFailure("could not serialize"), StoreUnavailable),
+        (pg_errors.AdminShutdown("terminating connection"), StoreUnavailable),
+        (pg_errors.TooManyConnections("too many clients"), StoreUnavailable),
+        (psycopg_pool.PoolTimeout("couldn't get a connection"), StoreUnavailable),
+        (pg_errors.UndefinedTable("no such table"), InternalError),
+    ],
+)
+def test_driver_errors_map_to_stable_codes(error: Exception, expected: type) -> None:
+    """The daemon retries what is unavailable; a full disk and a bug say so instead."""
+    mapped = PostgresStore(PG_URL, "q")._wrap(error)
+    assert type(mapped) is expected
+
+
+def _at_once(
+    hosts: tuple[PostgresStore, PostgresStore], fn: Callable[[PostgresStore], T]
+) -> list[T]:
+    """``fn`` on both hosts at the same moment (threads behind a barrier); both results."""
+    start = threading.Barrier(2)
+    out: list[T] = []
+    errors: list[BaseException] = []
+
+    def run(store: PostgresStore) -> None:
+        try:
+            start.wait(WAIT)
+            out.append(fn(store))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 2)
+    assert not errors, errors
+    return out
+
+
+def test_hosts_claiming_at_once_keep_a_queue_concurrency_limit(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = hosts
+    one(a, lambda s: s.set_queue(QueueLimits("slow", concurrency=2)))
+    insert(a, *[NewJob("true", queue="slow") for _ in range(40)])
+    for _ in range(10):
+        got = _at_once(hosts, lambda s: claim(s, limit=5, owner=f"h{id(s)}"))
+        running = one(a, lambda s: s.count_by_state())[JobState.PROCESSING]
+        assert running <= 2, f"{running} jobs of a queue limited to 2 run at once"
+        assert sum(len(batch) for batch in got) == running
+        for store, batch in zip(hosts, got, strict=False):
+            for c in batch:
+                finish(store, c, JobState.COMPLETED)
+    assert one(a, lambda s: s.count_by_state())[JobState.COMPLETED] >= 10
+
+
+def test_hosts_claiming_at_once_spend_each_token_once(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = hosts
+    # 4 an hour: a full bucket of 4 tokens, and no new one during the test.
+    one(a, lambda s: s.set_queue(QueueLimits("api", rate_count=4, rate_period=3600.0)))
+    insert(a, *[NewJob("true", queue="api") for _ in range(20)])
+    got = _at_once(hosts, lambda s: claim(s, limit=10, owner=f"h{id(s)}"))
+    got += _at_once(hosts, lambda s: claim(s, limit=10, owner=f"h{id(s)}"))
+    assert sum(len(batch) for batch in got) == 4
+
+
+def test_a_schedule_tick_makes_one_job_for_the_whole_cluster(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = hosts
+    now = time.time()
+    row = ScheduleRow(
+        name="every-minute",
+        cron="* * * * *",
+        tz="UTC",
+        job='{"command": "true"}',
+        overlap="queue",
+        catch_up="latest",
+        paused=False,
+        owner_uid=None,
+        created_at=now - 120,
+        next_at=next_tick("* * * * *", "UTC", now - 60),  # one tick is due
+    )
+    one(a, lambda s: s.put_schedule(row, False))
+    fired = _at_once(hosts, lambda s: one(s, lambda t: fire_due(t, now, now - 120)))
+    made = [job.id for f in fired for job in f.jobs]
+    assert len(made) == 1, made
+    assert one(a, lambda s: s.count_jobs(JobFilter())) == 1
+    assert all(one(s, lambda t: t.get_schedule("every-minute")).next_at > now for s in hosts)

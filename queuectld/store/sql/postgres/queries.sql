@@ -34,6 +34,23 @@ VALUES (:id, :command, :cwd, :owner_uid, :idempotent, :max_retries, :timeout, :s
         :queue, :priority, :unique_key, :env, :backoff_base, :backoff_max, :jitter,
         :memory_max, :cpus, :max_procs, :now, :now, :run_at, :n_parents);
 
+-- name: insert_jobs_batch
+-- insert_jobs for many rows in one statement: :rows is a JSON array of insert_jobs'
+-- parameter sets, each with its position `pos` (seq follows it).
+INSERT INTO jobs (id, command, cwd, owner_uid, idempotent, max_retries, timeout, state,
+                  queue, priority, unique_key, env, backoff_base, backoff_max, jitter,
+                  memory_max, cpus, max_procs, created_at, updated_at, run_at, n_parents)
+SELECT r.id, r.command, r.cwd, r.owner_uid, r.idempotent, r.max_retries, r.timeout, r.state,
+       r.queue, r.priority, r.unique_key, r.env, r.backoff_base, r.backoff_max, r.jitter,
+       r.memory_max, r.cpus, r.max_procs, r.now, r.now, r.run_at, r.n_parents
+FROM jsonb_to_recordset(:rows::jsonb) AS r(
+    id text, command text, cwd text, owner_uid bigint, idempotent integer,
+    max_retries bigint, timeout double precision, state text, queue text, priority bigint,
+    unique_key text, env text, backoff_base double precision, backoff_max double precision,
+    jitter double precision, memory_max bigint, cpus double precision, max_procs bigint,
+    now double precision, run_at double precision, n_parents bigint, pos bigint)
+ORDER BY r.pos;
+
 -- name: insert_dependency
 INSERT INTO job_deps (child_seq, parent_seq, pos, any_outcome)
 SELECT c.seq, p.seq, :pos, :any_outcome FROM jobs c JOIN jobs p ON p.id = :parent
@@ -81,7 +98,9 @@ ORDER BY j.updated_at, j.seq LIMIT :limit;
 DELETE FROM jobs WHERE seq IN (SELECT jsonb_array_elements_text(:seqs::jsonb)::bigint);
 
 -- name: schedules
-SELECT * FROM schedules ORDER BY name;
+-- Locked, in name order: two hosts looking at the due ticks at once take turns, and the
+-- second reads the next_at the first moved on (a tick makes one job for the cluster).
+SELECT * FROM schedules ORDER BY name FOR UPDATE;
 
 -- name: get_schedule
 SELECT * FROM schedules WHERE name = :name;
@@ -206,7 +225,17 @@ UPDATE jobs SET state = 'pending', updated_at = :now
 WHERE state IN ('waiting', 'failed') AND run_at <= :now;
 
 -- name: queue_settings
-SELECT * FROM queues;
+-- The queues with a concurrency or rate limit are locked (in name order, so two hosts
+-- cannot deadlock) and read in their latest version: a claim reads the counts and the
+-- token bucket after this, so hosts claiming at once cannot together overshoot a limit
+-- or spend one token twice. Queues without a limit are read without a lock.
+WITH limited AS (
+    SELECT * FROM queues WHERE concurrency IS NOT NULL OR rate_count IS NOT NULL
+    ORDER BY name FOR UPDATE
+)
+SELECT * FROM limited
+UNION ALL
+SELECT * FROM queues WHERE concurrency IS NULL AND rate_count IS NULL;
 
 -- name: ready_in_queue
 -- The next ready jobs of one queue in claim order, unlocked: they only tell how many of
