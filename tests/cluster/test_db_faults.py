@@ -25,12 +25,14 @@ DAEMONS = 2
 # How long the outages last: several of the daemons' retries (their backoff starts at a
 # fraction of a second), and jobs finishing meanwhile whose outcomes must wait.
 OUTAGE_S = 4.0
+# Shorter than the outages: a database outage must not pass for the death of a host.
+NODE_TIMEOUT = 3.0
 UNAVAILABLE = re.compile(r"store\b.*\bunavailable", re.IGNORECASE)
 
 
 def start_drain(cluster_factory: ClusterFactory, pg: PrivatePostgres) -> tuple[Cluster, list[str]]:
     """Two daemons on the private server, 2,000 jobs enqueued, a quarter of them done."""
-    cluster = cluster_factory(url=pg.url)
+    cluster = cluster_factory(url=pg.url, node_timeout=NODE_TIMEOUT)
     cluster.start(DAEMONS)
     ids = cluster.enqueue_spread(JOBS)
     cluster.wait_completed(JOBS // 4, timeout=60)
@@ -80,6 +82,10 @@ def finish_drain(cluster: Cluster, ids: list[str], fault: str, max_outages: int)
         # One clear line per outage, not one per failed call or retry.
         lines = outage_lines(d)
         assert lines <= max_outages, f"{cluster.node_id(d)} logged {lines} store_unavailable lines"
+        # Every daemon was silent for longer than node_timeout, but none of them died:
+        # nobody's jobs are taken back, nobody is evicted.
+        membership = [e for e in d.log_events() if e.get("event") in ("node_dead", "node_evicted")]
+        assert not membership, f"{cluster.node_id(d)}: {membership}"
     book = cluster.check_bookkeeping(ids)
     print(f"{fault}: drained {took:.1f}s after the fault; {book.summary()}")
     assert_bookkeeping(book)
