@@ -125,6 +125,10 @@ def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFac
         outcomes = [a.outcome for a in job.history]
         assert "interrupted" in outcomes, f"{job_id} held by {name}: no interruption, {outcomes}"
     survivors = {cluster.node_id(d) for d in cluster.daemons if d is not victim}
+    # ... and run again by the other two.
+    tags = cluster.node_of_tag()
+    rerun = {r.job_id for r in cluster.runs() if tags.get(r.tag) in survivors}
+    assert set(held) <= rerun, f"not run again by a survivor: {sorted(set(held) - rerun)}"
     rescued = {n.name: n for n in cluster.read(lambda s: s.nodes())}[name]
     assert rescued.rescued_at is not None, rescued
 
