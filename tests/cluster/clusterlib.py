@@ -71,8 +71,15 @@ class Bookkeeping:
 class Cluster:
     """Daemons sharing one PostgreSQL store (``url`` + ``schema``)."""
 
-    def __init__(self, url: str, schema: str, settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        settings: Mapping[str, Any] | None = None,
+        report: Callable[[str], None] = print,
+    ) -> None:
         self.url = url
+        self.report = report  # where the test's measurements go (the cluster report)
         self.schema = schema
         self.root = short_tmpdir("qc-cl-")
         self.runs_path = self.root / "runs"

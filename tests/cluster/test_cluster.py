@@ -54,7 +54,7 @@ def test_three_daemons_drain_jobs_exactly_once(cluster_factory: ClusterFactory) 
     took = cluster.wait_drained(DRAIN_JOBS, timeout=150)
 
     book = cluster.check_bookkeeping(ids)
-    print(
+    cluster.report(
         f"3 daemons drained {DRAIN_JOBS} jobs: enqueue {enqueued:.1f}s, "
         f"drain {took:.1f}s after it; {book.summary()}"
     )
@@ -101,7 +101,7 @@ def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFac
         what=f"the jobs of {name} to be rescued",
     )
     rescue_s = time.monotonic() - killed_at
-    print(f"{len(held)} jobs of the killed {name} rescued {rescue_s:.1f}s after the kill")
+    cluster.report(f"{len(held)} jobs of the killed {name} rescued {rescue_s:.1f}s after the kill")
     # Within the node timeout (counted from its last heartbeat, before the kill), plus
     # a survivor's heartbeat round and the load of this machine.
     assert rescue_s <= NODE_TIMEOUT + 5, f"rescue took {rescue_s:.1f}s"
@@ -117,7 +117,7 @@ def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFac
 
     took = cluster.wait_drained(KILL_JOBS, timeout=150)
     book = cluster.check_bookkeeping(ids)
-    print(f"drained {took:.1f}s after the rescue; {book.summary()}")
+    cluster.report(f"drained {took:.1f}s after the rescue; {book.summary()}")
     assert_bookkeeping(book)
     held_jobs = cluster.read(lambda s: [s.get_job(i, with_history=True) for i in held])
     for job_id, job in zip(held, held_jobs, strict=True):
@@ -141,7 +141,7 @@ def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFac
         timeout=30,
         what=f"{name} to be live again in `queuectl nodes`",
     )
-    print(f"{name} rejoined: {entry}")
+    cluster.report(f"{name} rejoined: {entry}")
     row = {n.name: n for n in cluster.read(lambda s: s.nodes())}[name]
     assert row.rescued_at is None and row.stopped_at is None, row
     assert row.started_at > rescued.started_at, (row, rescued)
@@ -149,7 +149,7 @@ def test_sigkill_one_of_three_is_rescued_and_rejoins(cluster_factory: ClusterFac
     more = cluster.enqueue_spread(90, prefix="r", command=cluster.job_command("sleep 0.05"))
     cluster.wait_completed(KILL_JOBS + len(more), timeout=60)
     again = [r for r in cluster.runs() if r.job_id.startswith("r") and r.tag == victim.tag]
-    print(f"{name} ran {len(again)} of {len(more)} jobs enqueued after it rejoined")
+    cluster.report(f"{name} ran {len(again)} of {len(more)} jobs enqueued after it rejoined")
     assert again, f"{name} ran none of {len(more)} new jobs after it rejoined"
 
 
@@ -180,7 +180,7 @@ def test_job_enqueued_on_a_host_without_workers_starts_on_another(
             latencies.append(started - acked)
             host_a.wait_for_state(job["id"], JobState.COMPLETED.value, timeout=30)
             assert job_log_exists(host_b, job["id"]) and not job_log_exists(host_a, job["id"])
-    print(
+    cluster.report(
         "pickup across hosts (enqueue reply on A -> job start on B): "
         + ", ".join(f"{x * 1000:.0f}ms" for x in latencies)
         + f"; median {statistics.median(latencies) * 1000:.0f}ms"

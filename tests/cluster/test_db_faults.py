@@ -63,7 +63,7 @@ def unavailable_throughout(cluster: Cluster, began: float) -> None:
     finally:
         for client in clients:
             client.close()
-    print(f"outage of {time.monotonic() - began:.1f}s; slowest refusal {slowest:.2f}s")
+    cluster.report(f"outage of {time.monotonic() - began:.1f}s; slowest refusal {slowest:.2f}s")
     assert slowest < 10, f"a request took {slowest:.1f}s to be refused"
     for d in cluster.daemons:
         assert d.running() and outage_lines(d) == 1
@@ -87,7 +87,7 @@ def finish_drain(cluster: Cluster, ids: list[str], fault: str, max_outages: int)
         membership = [e for e in d.log_events() if e.get("event") in ("node_dead", "node_evicted")]
         assert not membership, f"{cluster.node_id(d)}: {membership}"
     book = cluster.check_bookkeeping(ids)
-    print(f"{fault}: drained {took:.1f}s after the fault; {book.summary()}")
+    cluster.report(f"{fault}: drained {took:.1f}s after the fault; {book.summary()}")
     assert_bookkeeping(book)
     assert all(n > 0 for n in book.runs_by_node.values())
 
@@ -130,7 +130,7 @@ def test_backend_connections_terminated_mid_drain(
         killed.append(fault_pg.terminate_backends())
         cluster.wait_completed(JOBS * share // 4, timeout=60)
     killed.append(fault_pg.terminate_backends())
-    print(f"terminated backends: {killed}")
+    cluster.report(f"terminated backends: {killed}")
     assert killed[0] >= DAEMONS  # at least one connection of each daemon
     finish_drain(cluster, ids, "backends terminated", max_outages=len(killed))
 
