@@ -96,16 +96,12 @@ def cluster_report(request: pytest.FixtureRequest) -> Report:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # Under pytest-xdist the lines were written in a worker: hand them to the controller.
+    # Under pytest-xdist the lines were written in a worker: hand them to the controller,
+    # where tests/conftest.py prints them (the controller collects nothing, so it may
+    # never load this file).
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["cluster_report"] = list(_REPORT)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    """pytest-xdist: a worker finished; keep its cluster report lines."""
-    _REPORT.extend(getattr(node, "workeroutput", {}).get("cluster_report", []))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
