@@ -105,21 +105,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-# Chaos report lines of pytest-xdist workers (tests/chaos/conftest.py), for the summary.
-_WORKER_REPORTS: list[str] = []
+# Report lines of pytest-xdist workers, for the summary: tests/chaos/conftest.py's
+# "chaos_report" and tests/cluster/conftest.py's "cluster_report".
+_WORKER_REPORTS: dict[str, list[str]] = {"chaos_report": [], "cluster_report": []}
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    """pytest-xdist: a worker has finished; keep the chaos report lines it wrote."""
-    _WORKER_REPORTS.extend(getattr(node, "workeroutput", {}).get("chaos_report", []))
+    """pytest-xdist: a worker has finished; keep the report lines it wrote."""
+    for key, lines in _WORKER_REPORTS.items():
+        lines.extend(getattr(node, "workeroutput", {}).get(key, []))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _WORKER_REPORTS:
-        terminalreporter.section("chaos report")
-        for line in _WORKER_REPORTS:
-            terminalreporter.write_line(line)
+    for key, lines in _WORKER_REPORTS.items():
+        if lines:
+            terminalreporter.section(key.replace("_", " "))
+            for line in lines:
+                terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
