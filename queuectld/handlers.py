@@ -438,21 +438,13 @@ async def purge(d: HandlerContext, args: PurgeArgs) -> PurgeView:
 async def vacuum(d: HandlerContext, args: NoArgs) -> dict[str, Any]:
     """Rebuild the store to its smallest size (every other store call waits)."""
     d.access.require_admin(server.caller(), "compact the queue database")
-    path = d.config.database
-    before = _file_size(path)
+    before = await d.committer.call(lambda s: s.size_bytes())
     started = time.monotonic()
     await d.committer.call_outside(lambda s: s.compact())
-    after = _file_size(path)
+    after = await d.committer.call(lambda s: s.size_bytes())
     took = time.monotonic() - started
     log.info("store_compacted", bytes_before=before, bytes_after=after, seconds=round(took, 3))
     return {"bytes_before": before, "bytes_after": after, "seconds": took}
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
 
 
 # -- schedules --------------------------------------------------------------------

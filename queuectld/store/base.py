@@ -535,6 +535,11 @@ class Store(abc.ABC):
         """Give the file's free pages back to the file system where the store can do
         so inside a transaction (SQLite: ``incremental_vacuum``); else nothing."""
 
+    @abc.abstractmethod
+    def size_bytes(self) -> int:
+        """The disk the store takes now (SQLite: the file; PostgreSQL: its schema's
+        tables with their indexes), for `queuectl vacuum` to report."""
+
     def sweep_dead_rows(self) -> bool:
         """Remove dead row versions when the database has let too many pile up
         (PostgreSQL with autovacuum off or behind); whether it did. Runs on a connection

@@ -385,6 +385,10 @@ class PostgresStore(SQLStore):
                 pass  # a broken connection: the pool discards it
             self.pool.putconn(conn)
 
+    def size_bytes(self) -> int:
+        row = self._run("store_size").fetchone()
+        return int(row["bytes"]) if row is not None else 0
+
     def sweep_dead_rows(self) -> bool:
         # Claims, ends and purges leave dead row versions (and dead entries in the claim's
         # partial index) that only VACUUM removes. Autovacuum does it where it is on (the

@@ -189,6 +189,12 @@ class SQLiteStore(SQLStore):
         for _ in range(int(self._run("freelist_count").fetchone()[0])):
             self._run("incremental_vacuum")
 
+    def size_bytes(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
     def compact(self) -> None:
         if self.db.in_transaction:
             raise InternalError("compact runs outside a transaction")

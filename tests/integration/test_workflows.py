@@ -300,6 +300,8 @@ def test_purge_removes_the_rows_and_the_files_and_nothing_else(daemon: QueueDaem
     assert young.startswith("removed 0 dead jobs")
     vacuum = daemon.cli("vacuum")
     assert "queue database:" in vacuum
+    sizes = daemon.cli_json("vacuum", "--json")  # the store's own size, on either store
+    assert sizes["bytes_before"] > 0 and sizes["bytes_after"] > 0
 
 
 @pytest.mark.daemon_config(retention_completed="1s", retention_every=1)

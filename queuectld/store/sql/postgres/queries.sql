@@ -392,3 +392,9 @@ RETURNING *;
 -- Dead and live row versions of this schema's jobs table, as the statistics last saw.
 SELECT COALESCE(n_dead_tup, 0) AS dead, COALESCE(n_live_tup, 0) AS live
 FROM pg_stat_user_tables WHERE schemaname = current_schema() AND relname = 'jobs';
+
+-- name: store_size
+-- The disk this schema's tables take, with their indexes and TOAST.
+SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS bytes
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind = 'r';
