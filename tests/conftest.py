@@ -49,6 +49,7 @@ import hypothesis
 import pytest
 
 from tests.harness import QueueDaemon, short_tmpdir
+from tests.runreport import REPORTS
 
 DaemonFactory = Callable[..., QueueDaemon]
 
@@ -105,24 +106,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-# Report lines of pytest-xdist workers, for the summary: tests/chaos/conftest.py's
-# "chaos_report" and tests/cluster/conftest.py's "cluster_report".
-_WORKER_REPORTS: dict[str, list[str]] = {"chaos_report": [], "cluster_report": []}
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """pytest-xdist: a worker has finished; keep the report lines it wrote."""
-    for key, lines in _WORKER_REPORTS.items():
-        lines.extend(getattr(node, "workeroutput", {}).get(key, []))
+    for report in REPORTS:
+        report.take_from(node)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for key, lines in _WORKER_REPORTS.items():
-        if lines:
-            terminalreporter.section(key.replace("_", " "))
-            for line in lines:
-                terminalreporter.write_line(line)
+    for report in REPORTS:
+        report.print(terminalreporter)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -363,19 +363,17 @@ class PostgresStore(SQLStore):
     def release_space(self) -> None:
         """Nothing: PostgreSQL's autovacuum reuses the space of deleted rows."""
 
-    def compact(self) -> None:
-        if self._conn is not None:
-            raise InternalError("compact runs outside a transaction")
+    @contextmanager
+    def _outside_transaction(self) -> Iterator[psycopg.Connection[DictRow]]:
+        """A pooled connection in autocommit mode (VACUUM cannot run in a transaction),
+        put back in transaction mode; driver errors wrapped."""
         try:
             conn = self.pool.getconn()
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise self._wrap(exc) from exc
         try:
-            conn.autocommit = True  # VACUUM cannot run inside a transaction
-            for table in TABLES:
-                conn.execute(
-                    sql.SQL("VACUUM (FULL, ANALYZE) {}").format(sql.Identifier(self.schema, table))
-                )
+            conn.autocommit = True
+            yield conn
         except psycopg.Error as exc:
             raise self._wrap(exc) from exc
         finally:
@@ -384,6 +382,18 @@ class PostgresStore(SQLStore):
             except psycopg.Error:
                 pass  # a broken connection: the pool discards it
             self.pool.putconn(conn)
+
+    def _vacuum(self, conn: psycopg.Connection[DictRow], how: str, tables: Sequence[str]) -> None:
+        for table in tables:
+            conn.execute(
+                sql.SQL("VACUUM ({}) {}").format(sql.SQL(how), sql.Identifier(self.schema, table))
+            )
+
+    def compact(self) -> None:
+        if self._conn is not None:
+            raise InternalError("compact runs outside a transaction")
+        with self._outside_transaction() as conn:
+            self._vacuum(conn, "FULL, ANALYZE", TABLES)
 
     def size_bytes(self) -> int:
         row = self._run("store_size").fetchone()
@@ -394,28 +404,12 @@ class PostgresStore(SQLStore):
         # partial index) that only VACUUM removes. Autovacuum does it where it is on (the
         # schema sets its thresholds low); where it is off or falls behind, claims would
         # step over more and more dead entries, so the daemon does it itself.
-        try:
-            conn = self.pool.getconn()
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise self._wrap(exc) from exc
-        try:
-            conn.autocommit = True  # VACUUM cannot run inside a transaction
+        with self._outside_transaction() as conn:
             row = conn.execute(Q["dead_rows"]).fetchone()
             if row is None or row["dead"] <= max(DEAD_ROWS_MIN, row["live"] * DEAD_ROWS_SHARE):
                 return False
-            for table in SWEPT_TABLES:
-                conn.execute(
-                    sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(self.schema, table))
-                )
+            self._vacuum(conn, "ANALYZE", SWEPT_TABLES)
             return True
-        except psycopg.Error as exc:
-            raise self._wrap(exc) from exc
-        finally:
-            try:
-                conn.autocommit = False
-            except psycopg.Error:
-                pass  # a broken connection: the pool discards it
-            self.pool.putconn(conn)
 
     def wakeup_source(self) -> WakeupSource:
         return PgWakeups(self.url, self.channel, self.describe())

@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 
 from tests.chaos.chaoslib import ChaosOptions, DaemonProcess
-
-_REPORT: list[str] = []
+from tests.runreport import CHAOS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -126,25 +125,8 @@ def make_daemon(scratch: Path) -> Iterator[Callable[..., DaemonProcess]]:
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Add a line to the chaos report printed at the end of the run."""
-
-    def add(line: str) -> None:
-        _REPORT.append(f"{request.node.name}: {line}")
-        print(line)
-
-    return add
+    return CHAOS.adder(request)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # Under pytest-xdist (make test runs -n 2) the lines were written in a worker: hand
-    # them to the controller, where tests/conftest.py prints them (the controller
-    # collects nothing, so it may never load this file).
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:
-        workeroutput["chaos_report"] = list(_REPORT)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _REPORT:
-        terminalreporter.section("chaos report")
-        for line in _REPORT:
-            terminalreporter.write_line(line)
+    CHAOS.hand_over(session)  # tests/conftest.py prints it

@@ -34,11 +34,10 @@ import pytest
 from tests.cluster.clusterlib import Cluster
 from tests.pg import PG_URL, pg_schema
 from tests.pgserver import PrivatePostgres
+from tests.runreport import CLUSTER
 
 ClusterFactory = Callable[..., Cluster]
 Report = Callable[[str], None]
-
-_REPORT: list[str] = []
 
 
 @pytest.fixture(scope="session")
@@ -87,25 +86,8 @@ def cluster_factory(
 @pytest.fixture
 def cluster_report(request: pytest.FixtureRequest) -> Report:
     """Add a line to the cluster report printed at the end of the run."""
-
-    def add(line: str) -> None:
-        _REPORT.append(f"{request.node.name}: {line}")
-        print(line)
-
-    return add
+    return CLUSTER.adder(request)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # Under pytest-xdist the lines were written in a worker: hand them to the controller,
-    # where tests/conftest.py prints them (the controller collects nothing, so it may
-    # never load this file).
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:
-        workeroutput["cluster_report"] = list(_REPORT)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _REPORT:
-        terminalreporter.section("cluster report")
-        for line in _REPORT:
-            terminalreporter.write_line(line)
+    CLUSTER.hand_over(session)  # tests/conftest.py prints it
