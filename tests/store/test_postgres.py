@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import psycopg
@@ -65,6 +65,29 @@ def raw(sql: str, params: object = None) -> list[tuple[object, ...]]:
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         cur = conn.execute(sql, params)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description is not None else []
+
+
+def at_once(stores: Sequence[PostgresStore], fn: Callable[[PostgresStore], T]) -> list[T]:
+    """``fn`` on every store at the same moment (a thread each, behind a barrier): each
+    store a host; their results, in the order they came."""
+    start = threading.Barrier(len(stores))
+    out: list[T] = []
+    errors: list[BaseException] = []
+
+    def run(store: PostgresStore) -> None:
+        try:
+            start.wait(WAIT)
+            out.append(fn(store))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 2)
+    assert not errors, errors
+    return out
 
 
 def test_two_hosts_claiming_at_once_never_claim_the_same_job(
@@ -133,44 +156,21 @@ def test_a_host_claims_past_the_rows_another_host_holds(
 def test_two_hosts_rescuing_at_once_never_take_the_same_node(
     hosts: tuple[PostgresStore, PostgresStore],
 ) -> None:
-    a, b = hosts
+    a, _ = hosts
     for i in range(40):
         row = NodeRow(f"n{i:02}", "h", i, T0, T0, 1, f"/run/{i}.sock")
         one(a, lambda s, row=row: s.register_node(row))
-    start = threading.Barrier(2)
-    taken: dict[str, list[str]] = {}
-
-    def rescue(store: PostgresStore, name: str) -> None:
-        start.wait(WAIT)
-        taken[name] = [n.name for n in one(store, lambda s: s.take_dead_nodes(T0 + 1, T0 + 2))]
-
-    threads = [threading.Thread(target=rescue, args=(s, n)) for s, n in ((a, "a"), (b, "b"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT)
-    assert sorted(taken["a"] + taken["b"]) == [f"n{i:02}" for i in range(40)]
+    taken = at_once(
+        hosts,
+        lambda store: [n.name for n in one(store, lambda s: s.take_dead_nodes(T0 + 1, T0 + 2))],
+    )
+    assert sorted(taken[0] + taken[1]) == [f"n{i:02}" for i in range(40)]
 
 
 def test_daemons_starting_at_once_create_the_schema_once(schema: str) -> None:
     stores = [PostgresStore(PG_URL, schema) for _ in range(4)]
-    start = threading.Barrier(len(stores))
-    errors: list[BaseException] = []
-
-    def open_one(store: PostgresStore) -> None:
-        try:
-            start.wait(WAIT)
-            store.open()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_one, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT * 2)
     try:
-        assert not errors, errors
+        at_once(stores, lambda store: store.open())
         assert one(stores[0], lambda s: s.schema_version()) == SCHEMA_VERSION
         (job,) = insert(stores[1], NewJob("true"))
         assert job.id == "1"
@@ -333,24 +333,10 @@ def test_open_store_opens_postgresql_urls(schema: str) -> None:
 def test_hosts_enqueuing_at_once_get_distinct_ids(
     hosts: tuple[PostgresStore, PostgresStore],
 ) -> None:
-    start = threading.Barrier(2)
-    made: list[str] = []
-    errors: list[BaseException] = []
+    def enqueue(store: PostgresStore) -> list[str]:
+        return [j.id for _ in range(40) for j in insert(store, NewJob("true"), NewJob("true"))]
 
-    def enqueue(store: PostgresStore) -> None:
-        try:
-            start.wait(WAIT)
-            for _ in range(40):
-                made.extend(j.id for j in insert(store, NewJob("true"), NewJob("true")))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=enqueue, args=(s,)) for s in hosts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT * 2)
-    assert not errors, errors
+    made = [job_id for ids in at_once(hosts, enqueue) for job_id in ids]
     assert sorted(made, key=int) == [str(i) for i in range(1, 161)]
 
 
@@ -400,30 +386,6 @@ def test_driver_errors_map_to_stable_codes(error: Exception, expected: type) -> 
     assert type(mapped) is expected
 
 
-def _at_once(
-    hosts: tuple[PostgresStore, PostgresStore], fn: Callable[[PostgresStore], T]
-) -> list[T]:
-    """``fn`` on both hosts at the same moment (threads behind a barrier); both results."""
-    start = threading.Barrier(2)
-    out: list[T] = []
-    errors: list[BaseException] = []
-
-    def run(store: PostgresStore) -> None:
-        try:
-            start.wait(WAIT)
-            out.append(fn(store))
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(s,)) for s in hosts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT * 2)
-    assert not errors, errors
-    return out
-
-
 def test_hosts_claiming_at_once_keep_a_queue_concurrency_limit(
     hosts: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -431,7 +393,7 @@ def test_hosts_claiming_at_once_keep_a_queue_concurrency_limit(
     one(a, lambda s: s.set_queue(QueueLimits("slow", concurrency=2)))
     insert(a, *[NewJob("true", queue="slow") for _ in range(40)])
     for _ in range(10):
-        got = _at_once(hosts, lambda s: claim(s, limit=5, owner=f"h{id(s)}"))
+        got = at_once(hosts, lambda s: claim(s, limit=5, owner=f"h{id(s)}"))
         running = one(a, lambda s: s.count_by_state())[JobState.PROCESSING]
         assert running <= 2, f"{running} jobs of a queue limited to 2 run at once"
         assert sum(len(batch) for batch in got) == running
@@ -448,8 +410,8 @@ def test_hosts_claiming_at_once_spend_each_token_once(
     # 4 an hour: a full bucket of 4 tokens, and no new one during the test.
     one(a, lambda s: s.set_queue(QueueLimits("api", rate_count=4, rate_period=3600.0)))
     insert(a, *[NewJob("true", queue="api") for _ in range(20)])
-    got = _at_once(hosts, lambda s: claim(s, limit=10, owner=f"h{id(s)}"))
-    got += _at_once(hosts, lambda s: claim(s, limit=10, owner=f"h{id(s)}"))
+    got = at_once(hosts, lambda s: claim(s, limit=10, owner=f"h{id(s)}"))
+    got += at_once(hosts, lambda s: claim(s, limit=10, owner=f"h{id(s)}"))
     assert sum(len(batch) for batch in got) == 4
 
 
@@ -471,7 +433,7 @@ def test_a_schedule_tick_makes_one_job_for_the_whole_cluster(
         next_at=next_tick("* * * * *", "UTC", now - 60),  # one tick is due
     )
     one(a, lambda s: s.put_schedule(row, False))
-    fired = _at_once(hosts, lambda s: one(s, lambda t: fire_due(t, now, now - 120)))
+    fired = at_once(hosts, lambda s: one(s, lambda t: fire_due(t, now, now - 120)))
     made = [job.id for f in fired for job in f.jobs]
     assert len(made) == 1, made
     assert one(a, lambda s: s.count_jobs(JobFilter())) == 1
