@@ -443,18 +443,7 @@ class SQLStore(Store):
             "default_timeout": default_timeout,
             "lease_margin": lease_margin,
         }
-        if len(allowed) == 1:
-            ((queue, n),) = allowed.items()
-            params.update(queue=queue, limit=min(n, limit))
-            claimed = self._run("claim_from_queue", params).fetchall()
-        else:
-            candidates: list[tuple[int, float, int]] = []  # claim order: the index's
-            for queue, n in allowed.items():
-                rows = self._run("ready_in_queue", {"queue": queue, "limit": min(n, limit)})
-                candidates += [(-r["priority"], r["run_at"], r["seq"]) for r in rows]
-            chosen = [seq for _, _, seq in sorted(candidates)[:limit]]
-            params["seqs"] = json.dumps(chosen)
-            claimed = self._run("claim_seqs", params).fetchall()
+        claimed = self._claim_rows(allowed, limit, params)
         claimed.sort(key=lambda r: (-r["priority"], r["run_at"], r["seq"]))  # RETURNING: no order
         self._run_many(
             "insert_attempt",
@@ -464,6 +453,25 @@ class SQLStore(Store):
             Claim(job=job_from_row(r), attempt=r["runs"], lease_token=r["lease_token"])
             for r in claimed
         ]
+
+    def _ready(self, allowed: dict[str, int], limit: int) -> list[tuple[str, int]]:
+        """The next ``limit`` ready jobs of several queues in claim order, as (queue,
+        seq): the first few of each queue (a descent of jobs_ready each), merged."""
+        candidates: list[tuple[int, float, int, str]] = []
+        for queue, n in allowed.items():
+            rows = self._run("ready_in_queue", {"queue": queue, "limit": min(n, limit)})
+            candidates += [(-r["priority"], r["run_at"], r["seq"], queue) for r in rows]
+        return [(queue, seq) for _, _, seq, queue in sorted(candidates)[:limit]]
+
+    def _claim_rows(self, allowed: dict[str, int], limit: int, params: dict[str, Any]) -> list[Any]:
+        """Lease the jobs :meth:`claim_from_queues` takes; their rows, in any order."""
+        if len(allowed) == 1:
+            ((queue, n),) = allowed.items()
+            return self._run(
+                "claim_from_queue", {**params, "queue": queue, "limit": min(n, limit)}
+            ).fetchall()
+        chosen = [seq for _, seq in self._ready(allowed, limit)]
+        return self._run("claim_seqs", {**params, "seqs": json.dumps(chosen)}).fetchall()
 
     def next_timed_at(self) -> float | None:
         row = self._run("next_timed_at").fetchone()

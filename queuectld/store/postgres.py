@@ -11,6 +11,7 @@ id numbers are taken under row locks.
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -88,12 +89,11 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     pg_errors.DeadlockDetected,
     pg_errors.SerializationFailure,
     pg_errors.LockNotAvailable,
-)
-_FULL: tuple[type[BaseException], ...] = (
-    pg_errors.DiskFull,
+    pg_errors.TooManyConnections,
     pg_errors.OutOfMemory,
-    pg_errors.InsufficientResources,
 )
+# Only the disk: the rest of class 53 (out of memory, too many connections) passes.
+_FULL: tuple[type[BaseException], ...] = (pg_errors.DiskFull,)
 
 
 class PostgresStore(SQLStore):
@@ -218,8 +218,8 @@ class PostgresStore(SQLStore):
                 self.conn.execute(
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
                 )
-                for statement in SCHEMA:
-                    self.conn.execute(statement.replace("%", "%%"))
+                for statement in SCHEMA:  # no parameters: sent as written
+                    self.conn.execute(statement)
             except psycopg.Error as exc:
                 raise self._wrap(exc) from exc
             self._run("set_meta", {"key": "schema_version", "value": str(SCHEMA_VERSION)})
@@ -315,6 +315,21 @@ class PostgresStore(SQLStore):
 
     # -- what differs from SQLite -------------------------------------------------
 
+    def _claim_rows(self, allowed: dict[str, int], limit: int, params: dict[str, Any]) -> list[Any]:
+        """Several queues: how many of each the claim order picks, then each queue's
+        share claimed off jobs_ready with SKIP LOCKED. Locking the candidates while
+        choosing would keep the ones not chosen from the other hosts until commit;
+        claiming chosen seqs instead could find them taken by another host and come
+        back short while other jobs are ready."""
+        if len(allowed) == 1:
+            return super()._claim_rows(allowed, limit, params)
+        shares = collections.Counter(queue for queue, _ in self._ready(allowed, limit))
+        claimed: list[Any] = []
+        for queue, n in shares.items():
+            rows = self._run("claim_from_queue", {**params, "queue": queue, "limit": n})
+            claimed += rows.fetchall()
+        return claimed
+
     def count_by_queue(self, owner_uid: int | None = None) -> dict[str, dict[JobState, int]]:
         if owner_uid is None:
             self._fold_counts()
@@ -374,23 +389,32 @@ class PgWakeups:
         """Listen until cancelled. ``wake`` is also called each time LISTEN is in place
         (the first connect, every reconnect): events may have been missed before."""
         delay = self.FIRST_DELAY
+        lost = False  # one warning per loss, not one per failed retry
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    application_name=f"queuectld-wakeups/{self.channel}",
                 )
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-                    delay = self.FIRST_DELAY
+                    if lost:
+                        log.info("store_wakeups_back", store=self.where)
+                    lost, delay = False, self.FIRST_DELAY
                     wake()
                     async for _ in conn.notifies():
                         wake()
             except psycopg.Error as exc:
-                log.warning(
-                    "store_wakeups_lost",
-                    store=self.where,
-                    error=str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
-                    retry_in=delay,
-                )
+                if not lost:
+                    text = str(exc).strip()
+                    log.warning(
+                        "store_wakeups_lost",
+                        store=self.where,
+                        error=text.splitlines()[0] if text else type(exc).__name__,
+                        retry_in=delay,
+                    )
+                    lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.MAX_DELAY)

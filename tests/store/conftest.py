@@ -1,10 +1,11 @@
 """The store contract suite runs once per backend; a real database in every test.
 
 ``BACKENDS`` lists the store implementations the ``store`` fixture is parametrized
-over. To add one (PostgreSQL), give :class:`Backend` a branch that creates a fresh,
-empty database (or schema) for the test and returns stores connected to it, and add
-its name to ``BACKENDS``; backend-specific checks (query plans and the like) go in
-their own module, as ``test_sqlite.py`` does.
+over: SQLite (a file in the test's tmp dir) and PostgreSQL (a fresh schema on the
+server of ``tests/pg.py``, dropped after the test; the tests fail when it is not
+running). :meth:`Backend.open` connects another store to the same database, as a
+restart or a second host would. Backend-specific checks (query plans and the like) go
+in their own modules: ``test_sqlite.py``, ``test_postgres.py``.
 """
 
 from __future__ import annotations

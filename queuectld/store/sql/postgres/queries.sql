@@ -209,14 +209,15 @@ WHERE state IN ('waiting', 'failed') AND run_at <= :now;
 SELECT * FROM queues;
 
 -- name: ready_in_queue
--- The next ready jobs of one queue in claim order, locked for the claim that follows;
--- rows another host is claiming are passed over.
+-- The next ready jobs of one queue in claim order, unlocked: they only tell how many of
+-- each queue a claim of several queues takes (claim_from_queue then takes them, SKIP
+-- LOCKED).
 SELECT seq, priority, run_at FROM jobs
 WHERE state = 'pending' AND queue = :queue
-ORDER BY priority DESC, run_at, seq LIMIT :limit
-FOR UPDATE SKIP LOCKED;
+ORDER BY priority DESC, run_at, seq LIMIT :limit;
 
 -- name: claim_from_queue
+-- Rows another host is claiming (locked) are passed over, not waited for.
 UPDATE jobs
 SET state = 'processing', runs = runs + 1, updated_at = :now,
     lease_owner = :owner,
@@ -231,12 +232,17 @@ WHERE seq IN (
 RETURNING *;
 
 -- name: claim_seqs
+-- (Unused by PostgresStore, which claims queue by queue; kept for the shared code.)
 UPDATE jobs
 SET state = 'processing', runs = runs + 1, updated_at = :now,
     lease_owner = :owner,
     lease_token = substr(md5(random()::text || clock_timestamp()::text), 1, 16),
     lease_expires_at = :now + COALESCE(timeout, :default_timeout) + :lease_margin
-WHERE seq IN (SELECT jsonb_array_elements_text(:seqs::jsonb)::bigint) AND state = 'pending'
+WHERE seq IN (
+    SELECT seq FROM jobs
+    WHERE seq IN (SELECT jsonb_array_elements_text(:seqs::jsonb)::bigint) AND state = 'pending'
+    FOR UPDATE SKIP LOCKED
+)
 RETURNING *;
 
 -- name: set_tokens
