@@ -242,7 +242,11 @@ class Daemon:
         self.scheduler.start()
         # The config object is the one SIGHUP updates: the next pass reads the new values.
         self.retention = Retention(
-            self.committer, cfg.log_dir, cfg.retention, lambda: cfg.retention_every
+            self.committer,
+            cfg.log_dir,
+            cfg.retention,
+            lambda: cfg.retention_every,
+            shared=cfg.uses_postgres,
         )
         self.retention.start()
         self.membership.start()

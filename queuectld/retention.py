@@ -31,6 +31,10 @@ RETENTION_BATCH = 50  # automatic retention: a few milliseconds, however busy th
 # it waits (1 / share - 1) times as long as the batch took, so a draining queue keeps
 # its pace (docs/benchmarks.md); a backlog is worked off over a longer time.
 RETENTION_SHARE = 0.05
+# Log files of jobs another host purged (several daemons share a PostgreSQL store; a
+# log stays on the host that ran the job): looked for this often, this many a pass.
+ORPHAN_SWEEP_EVERY_S = 3600.0
+ORPHAN_SWEEP_BATCH = 500
 
 
 def remove_logs(log_dir: str, ids: list[str], dry_run: bool) -> int:
@@ -94,6 +98,42 @@ def _batch(
     return out
 
 
+def old_log_ids(log_dir: str, before: float) -> list[str]:
+    """The job ids of the log files in ``log_dir`` last written before ``before``."""
+    out: list[str] = []
+    try:
+        entries = os.scandir(log_dir)
+    except OSError:
+        return out
+    with entries:
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith("job_") and name.endswith(".txt")):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < before:
+                    out.append(name[4:-4])
+    return out
+
+
+async def sweep_orphan_logs(committer: Committer, log_dir: str, before: float) -> int:
+    """Remove the log files (older than ``before``) of jobs no longer in the store:
+    another daemon of the cluster purged them. How many files went."""
+    ids = await asyncio.to_thread(old_log_ids, log_dir, before)
+    removed = 0
+    for start in range(0, len(ids), ORPHAN_SWEEP_BATCH):
+        chunk = ids[start : start + ORPHAN_SWEEP_BATCH]
+        known = await committer.call(functools.partial(_existing, chunk))
+        gone = [job_id for job_id in chunk if job_id not in known]
+        await asyncio.to_thread(remove_logs, log_dir, gone, False)
+        removed += len(gone)
+    return removed
+
+
+def _existing(ids: list[str], s: Store) -> set[str]:
+    return set(s.get_jobs(ids))
+
+
 class Retention:
     """Purges what the configuration says is old enough, every ``retention_every`` s."""
 
@@ -103,8 +143,12 @@ class Retention:
         log_dir: str,
         policy: Callable[[], dict[str, float]],
         every: Callable[[], float],
+        shared: bool = False,
     ) -> None:
         self._committer = committer
+        # Other daemons purge too (a shared store): their purges leave our logs behind.
+        self._shared = shared
+        self._swept_at = 0.0
         self._log_dir = log_dir
         self._policy = policy  # read at each pass: a SIGHUP applies at the next one
         self._every = every
@@ -141,6 +185,14 @@ class Retention:
                     bytes_freed=done["bytes_freed"],
                 )
             total += done["jobs"]
+        policy = self._policy()
+        if self._shared and policy and time.monotonic() - self._swept_at >= ORPHAN_SWEEP_EVERY_S:
+            self._swept_at = time.monotonic()
+            removed = await sweep_orphan_logs(
+                self._committer, self._log_dir, now - min(policy.values())
+            )
+            if removed:
+                log.info("orphan_logs_removed", files=removed)
         return total
 
     async def _run(self) -> None:
