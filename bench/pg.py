@@ -26,14 +26,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import itertools
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -133,6 +138,48 @@ def _enqueue(client: Client, command: str, n: int) -> None:
         client.enqueue_batch([spec] * min(10_000, n - start))
 
 
+def drain_command(ran: Path) -> str:
+    """A drain job: sleep, then append its id to ``ran`` (a job run twice shows twice)."""
+    return f'sleep {SLEEP}; echo "$QUEUECTL_JOB_ID" >> {ran}'
+
+
+def spawn_ceiling(plan: Plan, daemons: int) -> dict[str, Any]:
+    """The same jobs with no queue at all: as many threads as the daemons' workers, each
+    running the drain's command with ``sh -c`` one after another. What this machine
+    gives when starting the processes is all there is to do (no log file per job)."""
+    n, slots = plan.drain_jobs, daemons * plan.workers
+    with temp_dir("pg-ceiling") as work:
+        ran = work / "ran.txt"
+        command = drain_command(ran)
+        base = dict(os.environ)
+        numbers = itertools.count(1)  # next() on a count is atomic under the GIL
+        failures: list[int] = []
+
+        def loop() -> None:
+            while (i := next(numbers)) <= n:
+                env = {**base, "QUEUECTL_JOB_ID": str(i)}
+                if subprocess.run(["/bin/sh", "-c", command], env=env).returncode:
+                    failures.append(i)
+
+        threads = [threading.Thread(target=loop) for _ in range(slots)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        seen = Counter(ran.read_text().split())
+    return {
+        "jobs_per_s": n / elapsed,
+        "seconds": elapsed,
+        "completed": n - len(failures),
+        "failed": len(failures),
+        "per_node": {},
+        "ran_twice": sorted(i for i, k in seen.items() if k > 1),
+        "never_ran": n - len(seen),
+    }
+
+
 def drain(plan: Plan, url: str | None, daemons: int) -> dict[str, Any]:
     """One drain of ``plan.drain_jobs`` slow jobs by ``daemons`` daemons (PostgreSQL when
     ``url`` is given, else one SQLite daemon); jobs/s and what ran where.
@@ -144,7 +191,7 @@ def drain(plan: Plan, url: str | None, daemons: int) -> dict[str, Any]:
     n = plan.drain_jobs
     with temp_dir("pg-drain") as work, contextlib.ExitStack() as stack:
         ran = work / "ran.txt"
-        command = f'sleep {SLEEP}; echo "$QUEUECTL_JOB_ID" >> {ran}'
+        command = drain_command(ran)
         schema = stack.enter_context(fresh_schema(url)) if url else None
         nodes = [f"bench-{chr(ord('a') + i)}" for i in range(daemons)]
         envs = [pg_env(url, schema, node) if url and schema else {} for node in nodes]
@@ -185,16 +232,22 @@ def drain(plan: Plan, url: str | None, daemons: int) -> dict[str, Any]:
 
 
 def drain_section(plan: Plan, url: str, errors: list[str]) -> dict[str, Any]:
-    """SQLite with one daemon, PostgreSQL with 1, 2 and 3, the order rotated by round."""
-    configs: list[tuple[str, str | None, int]] = [("sqlite_1", None, 1)]
-    configs += [(f"pg_{k}", url, k) for k in plan.daemons]
+    """SQLite with one daemon, PostgreSQL with 1, 2 and 3, and the machine's ceiling for
+    each worker count, the order rotated by round."""
+    configs: list[tuple[str, Callable[[], dict[str, Any]], int]] = [
+        ("sqlite_1", functools.partial(drain, plan, None, 1), 1)
+    ]
+    configs += [(f"pg_{k}", functools.partial(drain, plan, url, k), k) for k in plan.daemons]
+    configs += [
+        (f"ceiling_{k}", functools.partial(spawn_ceiling, plan, k), k) for k in plan.daemons
+    ]
     rates: dict[str, list[float | None]] = {name: [] for name, _, _ in configs}
     details: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in configs}
     for r in range(plan.rounds):
         order = configs[r % len(configs) :] + configs[: r % len(configs)]
-        for name, u, k in order:
+        for name, runner, k in order:
             log(f"drain round {r + 1}/{plan.rounds}: {name} ({plan.drain_jobs} jobs)")
-            res = _try(errors, f"drain {name}", lambda u=u, k=k: drain(plan, u, k))  # type: ignore[misc]
+            res = _try(errors, f"drain {name}", runner)
             rates[name].append(res["jobs_per_s"] if res else None)
             if res:
                 details[name].append(res)
@@ -204,7 +257,11 @@ def drain_section(plan: Plan, url: str, errors: list[str]) -> dict[str, Any]:
                         f"{plan.drain_jobs}, ran twice {res['ran_twice'][:10]}, never ran "
                         f"{res['never_ran']}"
                     )
-                if k > 1 and len([v for v in res["per_node"].values() if v]) < k:
+                if (
+                    name.startswith("pg")
+                    and k > 1
+                    and len([v for v in res["per_node"].values() if v]) < k
+                ):
                     errors.append(
                         f"drain {name} round {r + 1}: not every daemon worked: {res['per_node']}"
                     )
@@ -221,6 +278,12 @@ def drain_section(plan: Plan, url: str, errors: list[str]) -> dict[str, Any]:
         "ratio_pg2_to_pg1": summary(ratio_samples(rates["pg_2"], rates["pg_1"])),
         "ratio_pg3_to_pg1": summary(ratio_samples(rates["pg_3"], rates["pg_1"])),
         "ratio_pg1_to_sqlite1": summary(ratio_samples(rates["pg_1"], rates["sqlite_1"])),
+        # Each queue beside the machine running the same jobs with as many slots, no queue.
+        "ratio_to_ceiling": {
+            name: summary(ratio_samples(rates[name], rates[f"ceiling_{k}"]))
+            for name, _, k in configs
+            if not name.startswith("ceiling")
+        },
         "rounds": details,
     }
     return out
@@ -475,11 +538,13 @@ def markdown(res: dict[str, Any]) -> str:
     d = res.get("drain")
     if d:
         lines += [
-            f"**Drain**: {d['jobs']} jobs of `sleep {d['sleep_s']}`, {d['workers_per_daemon']} "
-            "workers per daemon; the ideal is the workers' limit (workers ÷ 0.05 s).",
+            f"**Drain**: {d['jobs']} jobs of `sleep {d['sleep_s']}` (then one `echo` into a "
+            f"file, to count runs), {d['workers_per_daemon']} workers per daemon. The ceiling "
+            "runs the same jobs with as many slots and no queue (threads starting `sh -c` one "
+            "after another): what this machine gives; the ideal is workers ÷ 0.05 s.",
             "",
-            "| store | daemons | jobs/s | ideal jobs/s | share of ideal |",
-            "|---|---:|---:|---:|---:|",
+            "| store | daemons | jobs/s | ceiling jobs/s | ÷ ceiling | ideal jobs/s | ÷ ideal |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name, label, k in [("sqlite_1", "SQLite", 1)] + [
             (f"pg_{k}", "PostgreSQL", k) for k in (1, 2, 3)
@@ -488,6 +553,8 @@ def markdown(res: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"| {label} | {k} | {_fig(d['jobs_per_s'][name])} | "
+                f"{_fig(d['jobs_per_s'].get(f'ceiling_{k}'))} | "
+                f"{_fig(d['ratio_to_ceiling'].get(name), 2)} | "
                 f"{d['ideal_jobs_per_s'][name]:,.0f} | {_fig(d['share_of_ideal'][name], 2)} |"
             )
         lines += [
