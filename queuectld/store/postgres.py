@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -306,6 +307,12 @@ class PostgresStore(SQLStore):
                 if len(rows) == 1:
                     cur.execute(Q[name], rows[0])
                     return cur.fetchall() if cur.description is not None else []
+                if f"{name}_batch" in Q:
+                    # One statement, not executemany: a refused row must not abort a
+                    # pipeline half-way (psycopg then logs about it).
+                    batch = [{**row, "pos": i} for i, row in enumerate(rows)]
+                    cur.execute(Q[f"{name}_batch"], {"rows": json.dumps(batch)})
+                    return []
                 cur.executemany(Q[name], rows)
                 return []
         except pg_errors.UniqueViolation:

@@ -34,6 +34,23 @@ VALUES (:id, :command, :cwd, :owner_uid, :idempotent, :max_retries, :timeout, :s
         :queue, :priority, :unique_key, :env, :backoff_base, :backoff_max, :jitter,
         :memory_max, :cpus, :max_procs, :now, :now, :run_at, :n_parents);
 
+-- name: insert_jobs_batch
+-- insert_jobs for many rows in one statement: :rows is a JSON array of insert_jobs'
+-- parameter sets, each with its position `pos` (seq follows it).
+INSERT INTO jobs (id, command, cwd, owner_uid, idempotent, max_retries, timeout, state,
+                  queue, priority, unique_key, env, backoff_base, backoff_max, jitter,
+                  memory_max, cpus, max_procs, created_at, updated_at, run_at, n_parents)
+SELECT r.id, r.command, r.cwd, r.owner_uid, r.idempotent, r.max_retries, r.timeout, r.state,
+       r.queue, r.priority, r.unique_key, r.env, r.backoff_base, r.backoff_max, r.jitter,
+       r.memory_max, r.cpus, r.max_procs, r.now, r.now, r.run_at, r.n_parents
+FROM jsonb_to_recordset(:rows::jsonb) AS r(
+    id text, command text, cwd text, owner_uid bigint, idempotent integer,
+    max_retries bigint, timeout double precision, state text, queue text, priority bigint,
+    unique_key text, env text, backoff_base double precision, backoff_max double precision,
+    jitter double precision, memory_max bigint, cpus double precision, max_procs bigint,
+    now double precision, run_at double precision, n_parents bigint, pos bigint)
+ORDER BY r.pos;
+
 -- name: insert_dependency
 INSERT INTO job_deps (child_seq, parent_seq, pos, any_outcome)
 SELECT c.seq, p.seq, :pos, :any_outcome FROM jobs c JOIN jobs p ON p.id = :parent
