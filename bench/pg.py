@@ -30,6 +30,7 @@ import functools
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -47,6 +48,7 @@ from psycopg import sql
 from bench import qc
 from bench.core import RESULTS, cleanup, log, machine, percentile, ratio_samples, summary, temp_dir
 from queuectl.client import Client
+from queuectld.store.postgres import PostgresStore, Q
 
 DEFAULT_URL = (
     os.environ.get("QUEUECTL_BENCH_PG_URL")
@@ -404,8 +406,6 @@ class _Rollback(Exception):
 def build_pg_store(url: str, schema: str, jobs: int) -> float:
     """A store (schema) holding ``jobs`` jobs, vacuumed and analyzed as autovacuum leaves
     a table after a bulk insert; seconds spent."""
-    from queuectld.store.postgres import PostgresStore
-
     t0 = time.perf_counter()
     store = PostgresStore(url, schema)
     store.open()  # creates the schema, its tables and indexes
@@ -419,36 +419,44 @@ def build_pg_store(url: str, schema: str, jobs: int) -> float:
     return time.perf_counter() - t0
 
 
-def claim_cost(url: str, schema: str, txns: int, per_txn: int) -> float:
-    """Microseconds per ``claim_due`` of one job, ``per_txn`` claims in each of ``txns``
-    transactions rolled back (the commit, the same at any size, is left out); one
-    transaction beforehand warms the connection and is not counted."""
-    from queuectld.store.postgres import PostgresStore
+def _claim_txn(store: PostgresStore, per_txn: int) -> float:
+    """Seconds for ``per_txn`` claims of one job in one transaction, then rolled back."""
+    now = time.time()
+    took = 0.0
+    with contextlib.suppress(_Rollback), store.transaction():
+        t0 = time.perf_counter()
+        for _ in range(per_txn):
+            if not store.claim_due("bench", 1, now, 10.0, 35.0):
+                raise RuntimeError("no job left to claim")
+        took = time.perf_counter() - t0
+        raise _Rollback
+    return took
 
-    store = PostgresStore(url, schema)
-    store.open()
-    total = 0.0
+
+def claim_costs(url: str, schemas: tuple[str, str], txns: int, per_txn: int) -> list[float]:
+    """Microseconds per ``claim_due`` of one job in each of two stores: ``per_txn`` claims
+    in each of ``txns`` transactions rolled back (the commit, the same at any size, is
+    left out), the two stores' transactions alternating so that both see the same
+    moments of a noisy machine; the median transaction of each. One transaction in each
+    beforehand warms the connections and is not counted."""
+    stores = [PostgresStore(url, schema) for schema in schemas]
+    times: list[list[float]] = [[], []]
     try:
-        for t in range(txns + 1):
-            now = time.time()
-            with contextlib.suppress(_Rollback), store.transaction():
-                t0 = time.perf_counter()
-                for _ in range(per_txn):
-                    if not store.claim_due("bench", 1, now, 10.0, 35.0):
-                        raise RuntimeError("no job left to claim")
-                if t:
-                    total += time.perf_counter() - t0
-                raise _Rollback
+        for store in stores:
+            store.open()
+            _claim_txn(store, per_txn)
+        for t in range(txns):
+            for i in (0, 1) if t % 2 == 0 else (1, 0):
+                times[i].append(_claim_txn(stores[i], per_txn))
     finally:
-        store.close()
-    return total / (txns * per_txn) * 1e6
+        for store in stores:
+            store.close()
+    return [statistics.median(x) / per_txn * 1e6 for x in times]
 
 
 def explain_claims(url: str, schema: str) -> dict[str, Any]:
     """EXPLAIN ANALYZE of the claim's queries (one queue's next ready jobs, and the
     one-queue claim), in a transaction rolled back; and whether they read jobs_ready."""
-    from queuectld.store.postgres import PostgresStore, Q
-
     store = PostgresStore(url, schema)
     store.open()
     plans: dict[str, list[str]] = {}
@@ -492,13 +500,15 @@ def claim_section(plan: Plan, url: str, errors: list[str]) -> dict[str, Any]:
         sizes = (plan.claim_txns, plan.claim_per_txn)
         for r in range(plan.rounds):
             log(f"claim round {r + 1}/{plan.rounds}")
-            small.append(_try(errors, "claim small", lambda: claim_cost(url, s_small, *sizes)))
-            big.append(_try(errors, "claim big", lambda: claim_cost(url, s_big, *sizes)))
+            res = _try(errors, "claim", lambda: claim_costs(url, (s_small, s_big), *sizes))
+            small.append(res[0] if res else None)
+            big.append(res[1] if res else None)
         out["explain_big"] = _try(errors, "explain", lambda: explain_claims(url, s_big))
     out["us_per_claim_small"] = summary(small, 1)
     out["us_per_claim_big"] = summary(big, 1)
     out["ratio_big_to_small"] = summary(ratio_samples(big, small))
-    out["claims_per_measurement"] = plan.claim_txns * plan.claim_per_txn
+    out["transactions_per_round"] = plan.claim_txns
+    out["claims_per_transaction"] = plan.claim_per_txn
     explained = out["explain_big"]
     if explained and not all(explained["uses_jobs_ready"].values()):
         errors.append(f"a claim query does not read jobs_ready: {explained['uses_jobs_ready']}")
@@ -613,9 +623,11 @@ def markdown(res: dict[str, Any]) -> str:
     if c:
         lines += [
             f"**Claim cost**: `claim_due` of one job on the store directly, "
-            f"{c['claims_per_measurement']:,} claims per measurement in transactions rolled "
-            "back; the jobs in four queues and 21 priorities, one in ten delayed by a day "
-            "(the layout of the SQLite claim benchmark), the table vacuumed and analyzed.",
+            f"{c['claims_per_transaction']} claims per transaction, rolled back; per round "
+            f"{c['transactions_per_round']} transactions in each store, alternating between "
+            "them, and the median transaction taken; the jobs in four queues and 21 "
+            "priorities, one in ten delayed by a day (the layout of the SQLite claim "
+            "benchmark), the table vacuumed and analyzed.",
             "",
             "| jobs in the store | µs per claim |",
             "|---:|---:|",
