@@ -140,6 +140,25 @@ def _enqueue(client: Client, command: str, n: int) -> None:
         client.enqueue_batch([spec] * min(10_000, n - start))
 
 
+def daemon_problems(homes: list[Path]) -> list[str]:
+    """The warnings and errors the daemons logged (``queuectld.log``, JSON lines), each as
+    ``home-name: event {fields}``: a cluster that works quietly logs none in a drain."""
+    out: list[str] = []
+    for home in homes:
+        path = home / "queuectld.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                out.append(f"{home.name}: {line[:300]}")  # a traceback, not a log line
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("warning", "error", "critical"):
+                rest = {k: v for k, v in entry.items() if k not in ("timestamp", "level", "event")}
+                out.append(f"{home.name}: {entry.get('level')} {entry.get('event')} {rest}"[:300])
+    return out
+
+
 def drain_command(ran: Path) -> str:
     """A drain job: sleep, then append its id to ``ran`` (a job run twice shows twice)."""
     return f'sleep {SLEEP}; echo "$QUEUECTL_JOB_ID" >> {ran}'
@@ -221,6 +240,7 @@ def drain(plan: Plan, url: str | None, daemons: int) -> dict[str, Any]:
         per_node = attempts_by_node(url, schema) if url and schema else {"sqlite": n}
         ids = ran.read_text().split() if ran.exists() else []
     seen = Counter(ids)
+    problems = daemon_problems([d.home for d in ds])  # read once they stopped
     return {
         "jobs_per_s": n / elapsed,
         "seconds": elapsed,
@@ -230,6 +250,7 @@ def drain(plan: Plan, url: str | None, daemons: int) -> dict[str, Any]:
         "per_node": per_node,
         "ran_twice": sorted(i for i, k in seen.items() if k > 1),
         "never_ran": n - len(seen),
+        "daemon_problems": problems,
     }
 
 
@@ -264,6 +285,12 @@ def drain_section(plan: Plan, url: str, errors: list[str]) -> dict[str, Any]:
                         f"drain {name} round {r + 1}: {res['completed']} completed of "
                         f"{plan.drain_jobs}, ran twice {res['ran_twice'][:10]}, never ran "
                         f"{res['never_ran']}, attempts recorded {runs}"
+                    )
+                if res.get("daemon_problems"):
+                    errors.append(
+                        f"drain {name} round {r + 1}: the daemons logged "
+                        f"{len(res['daemon_problems'])} warnings/errors, first: "
+                        f"{res['daemon_problems'][0]}"
                     )
                 if (
                     name.startswith("pg")
@@ -300,9 +327,10 @@ def drain_section(plan: Plan, url: str, errors: list[str]) -> dict[str, Any]:
 # -- pickup -------------------------------------------------------------------------
 
 
-def pickup_pair(plan: Plan, url: str) -> dict[str, list[float]]:
+def pickup_pair(plan: Plan, url: str, errors: list[str]) -> dict[str, list[float]]:
     """Milliseconds from an enqueue to the job's first command: through daemon A (no
-    workers; the job runs on B) and through B itself, alternately, on one store."""
+    workers; the job runs on B) and through B itself, alternately, on one store. What
+    the daemons logged as warnings or errors goes to ``errors``."""
     lat: dict[str, list[float]] = {"across": [], "same": [], "across_ack": [], "same_ack": []}
     with contextlib.ExitStack() as stack:
         schema = stack.enter_context(fresh_schema(url))
@@ -329,6 +357,9 @@ def pickup_pair(plan: Plan, url: str) -> dict[str, list[float]]:
                 b.wait_workers(cb, 2, timeout=15.0)
                 time.sleep(0.005)
         per_node = attempts_by_node(url, schema)
+    problems = daemon_problems([a.home, b.home])
+    if problems:
+        errors.append(f"pickup: the daemons logged {len(problems)} warnings/errors: {problems[:3]}")
     if set(per_node) != {"bench-b"}:
         raise RuntimeError(f"pickup jobs ran elsewhere than on B: {per_node}")
     return lat
@@ -352,7 +383,7 @@ def pickup_section(plan: Plan, url: str, errors: list[str]) -> dict[str, Any]:
     }
     for r in range(plan.rounds):
         log(f"pickup round {r + 1}/{plan.rounds}")
-        res = _try(errors, "pickup across hosts", lambda: pickup_pair(plan, url))
+        res = _try(errors, "pickup across hosts", lambda: pickup_pair(plan, url, errors))
         sq = _try(errors, "pickup sqlite", lambda: qc.pickup(plan.pickup_samples))
         rows: dict[str, dict[str, float] | None] = {
             "across": _pcts(res["across"], res["across_ack"]) if res else None,
