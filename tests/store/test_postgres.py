@@ -276,14 +276,15 @@ def test_counts_stay_right_after_folding(hosts: tuple[PostgresStore, PostgresSto
     assert_counts_match(b)
 
 
-def test_the_claim_reads_the_jobs_ready_index(schema: str) -> None:
+def test_the_claim_reads_the_partial_indexes(schema: str) -> None:
     store = PostgresStore(PG_URL, schema)
     store.open()
     try:
         raw(
             f'INSERT INTO "{schema}".jobs (id, command, state, queue, created_at, updated_at,'
-            " run_at) SELECT 'x' || i, 'true', CASE WHEN i % 10 = 0 THEN 'pending'"
-            " ELSE 'completed' END, 'q' || (i % 5), 0, 0, 0 FROM generate_series(1, 20000) i"
+            " run_at) SELECT 'x' || i, 'true', CASE i % 10 WHEN 0 THEN 'pending'"
+            " WHEN 1 THEN 'waiting' ELSE 'completed' END, 'q' || (i % 5), 0, 0, i"
+            " FROM generate_series(1, 20000) i"
         )
         raw(f'ANALYZE "{schema}".jobs')
         params = {
@@ -295,11 +296,16 @@ def test_the_claim_reads_the_jobs_ready_index(schema: str) -> None:
             "lease_margin": 1.0,
         }
         with store.transaction():
-            for name in ("claim_from_queue", "ready_in_queue"):
+            for name, index in (
+                ("claim_from_queue", "jobs_ready"),
+                ("ready_in_queue", "jobs_ready"),
+                ("next_timed_at", "jobs_timed"),
+                ("promote_due", "jobs_timed"),
+            ):
                 plan = "\n".join(
                     str(r["QUERY PLAN"]) for r in store.conn.execute("EXPLAIN " + Q[name], params)
                 )
-                assert "jobs_ready" in plan, plan
+                assert index in plan, plan
                 assert "Seq Scan" not in plan, plan
     finally:
         store.close()
