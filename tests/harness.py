@@ -150,6 +150,11 @@ class QueueDaemon:
     def cli_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment the CLI runs in: this daemon's home, autostart off."""
         env = {"QUEUECTL_HOME": str(self.home), "QUEUECTL_NO_AUTOSTART": "1", TAG_VAR: self.tag}
+        # A daemon the CLI autostarts (tests that turn autostart on) uses the same store;
+        # not the node_id: it is another daemon, and must not take this one's leases.
+        for key in ("store_url", "store_schema"):
+            if key in self.settings:
+                env[f"QUEUECTLD_{key.upper()}"] = self.settings[key]
         return clean_env({**env, **(extra or {})})
 
     # -- lifecycle ------------------------------------------------------------

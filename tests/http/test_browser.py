@@ -22,7 +22,12 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.harness import QueueDaemon
 from tests.http.gateway import Gateway
 
-pytestmark = pytest.mark.timeout(180)
+# The dashboard in a browser tests the gateway and the page, not the store, and is
+# slow: on SQLite only, to keep the suite in its time budget.
+pytestmark = [
+    pytest.mark.sqlite_only(reason="not about the store; suite time budget"),
+    pytest.mark.timeout(180),
+]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -25,7 +25,12 @@ import pytest
 from tests.harness import QueueDaemon
 from tests.http.gateway import Gateway
 
-pytestmark = pytest.mark.timeout(600)
+# Schemathesis over the HTTP API is about the gateway's contract, not the store, and is
+# among the slowest tests: on SQLite only, to keep the suite in its time budget.
+pytestmark = [
+    pytest.mark.sqlite_only(reason="not about the store; suite time budget"),
+    pytest.mark.timeout(600),
+]
 
 HERE = Path(__file__).resolve().parent
 MAX_EXAMPLES = "15"

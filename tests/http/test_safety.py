@@ -14,7 +14,12 @@ from tests.harness import QueueDaemon
 from tests.http.conftest import GatewayFactory
 from tests.http.gateway import Gateway
 
-pytestmark = pytest.mark.timeout(120)
+# Tokens, Origins and body limits of the gateway do not depend on the store: on SQLite
+# only, to keep the suite in its time budget.
+pytestmark = [
+    pytest.mark.sqlite_only(reason="not about the store; suite time budget"),
+    pytest.mark.timeout(120),
+]
 
 TEN_MB = 10 * 1024 * 1024
 
