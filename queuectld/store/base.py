@@ -329,8 +329,10 @@ class Store(abc.ABC):
         grows with the number of queues holding ready jobs, never with ``limit``.
         """
         self.promote_due(now)
-        counts = self.count_by_queue()
+        # Limits first: a shared store locks the limited queues there, so the counts read
+        # next already include what other hosts claimed from them.
         limits = self.queue_limits()
+        counts = self.count_by_queue()
         allowed = queues.allowances(limits, counts, limit, now)
         if not allowed:
             return []

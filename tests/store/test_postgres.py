@@ -11,7 +11,8 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import psycopg
 import psycopg_pool
@@ -22,8 +23,9 @@ from queuectl.errors import InternalError, StorageFull, StoreUnavailable
 from queuectl.protocol import JobState
 from queuectld.jobs import Claim, Job, NewJob
 from queuectld.queues import QueueLimits
+from queuectld.scheduler import fire_due, next_tick
 from queuectld.store import open_store
-from queuectld.store.base import NodeRow
+from queuectld.store.base import JobFilter, NodeRow, ScheduleRow
 from queuectld.store.postgres import FOLD_OVER, SCHEMA_VERSION, PostgresStore, Q
 from tests.pg import PG_URL, pg_schema
 from tests.store.test_contract import (
@@ -37,6 +39,7 @@ from tests.store.test_contract import (
     one,
 )
 
+T = TypeVar("T")
 WAIT = 30.0  # seconds an expected event may take on a loaded machine
 
 
@@ -395,3 +398,81 @@ def test_driver_errors_map_to_stable_codes(error: Exception, expected: type) -> 
     """The daemon retries what is unavailable; a full disk and a bug say so instead."""
     mapped = PostgresStore(PG_URL, "q")._wrap(error)
     assert type(mapped) is expected
+
+
+def _at_once(
+    hosts: tuple[PostgresStore, PostgresStore], fn: Callable[[PostgresStore], T]
+) -> list[T]:
+    """``fn`` on both hosts at the same moment (threads behind a barrier); both results."""
+    start = threading.Barrier(2)
+    out: list[T] = []
+    errors: list[BaseException] = []
+
+    def run(store: PostgresStore) -> None:
+        try:
+            start.wait(WAIT)
+            out.append(fn(store))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 2)
+    assert not errors, errors
+    return out
+
+
+def test_hosts_claiming_at_once_keep_a_queue_concurrency_limit(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = hosts
+    one(a, lambda s: s.set_queue(QueueLimits("slow", concurrency=2)))
+    insert(a, *[NewJob("true", queue="slow") for _ in range(40)])
+    for _ in range(10):
+        got = _at_once(hosts, lambda s: claim(s, limit=5, owner=f"h{id(s)}"))
+        running = one(a, lambda s: s.count_by_state())[JobState.PROCESSING]
+        assert running <= 2, f"{running} jobs of a queue limited to 2 run at once"
+        assert sum(len(batch) for batch in got) == running
+        for store, batch in zip(hosts, got, strict=False):
+            for c in batch:
+                finish(store, c, JobState.COMPLETED)
+    assert one(a, lambda s: s.count_by_state())[JobState.COMPLETED] >= 10
+
+
+def test_hosts_claiming_at_once_spend_each_token_once(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = hosts
+    # 4 an hour: a full bucket of 4 tokens, and no new one during the test.
+    one(a, lambda s: s.set_queue(QueueLimits("api", rate_count=4, rate_period=3600.0)))
+    insert(a, *[NewJob("true", queue="api") for _ in range(20)])
+    got = _at_once(hosts, lambda s: claim(s, limit=10, owner=f"h{id(s)}"))
+    got += _at_once(hosts, lambda s: claim(s, limit=10, owner=f"h{id(s)}"))
+    assert sum(len(batch) for batch in got) == 4
+
+
+def test_a_schedule_tick_makes_one_job_for_the_whole_cluster(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = hosts
+    now = time.time()
+    row = ScheduleRow(
+        name="every-minute",
+        cron="* * * * *",
+        tz="UTC",
+        job='{"command": "true"}',
+        overlap="queue",
+        catch_up="latest",
+        paused=False,
+        owner_uid=None,
+        created_at=now - 120,
+        next_at=next_tick("* * * * *", "UTC", now - 60),  # one tick is due
+    )
+    one(a, lambda s: s.put_schedule(row, False))
+    fired = _at_once(hosts, lambda s: one(s, lambda t: fire_due(t, now, now - 120)))
+    made = [job.id for f in fired for job in f.jobs]
+    assert len(made) == 1, made
+    assert one(a, lambda s: s.count_jobs(JobFilter())) == 1
+    assert all(one(s, lambda t: t.get_schedule("every-minute")).next_at > now for s in hosts)

@@ -98,7 +98,9 @@ ORDER BY j.updated_at, j.seq LIMIT :limit;
 DELETE FROM jobs WHERE seq IN (SELECT jsonb_array_elements_text(:seqs::jsonb)::bigint);
 
 -- name: schedules
-SELECT * FROM schedules ORDER BY name;
+-- Locked, in name order: two hosts looking at the due ticks at once take turns, and the
+-- second reads the next_at the first moved on (a tick makes one job for the cluster).
+SELECT * FROM schedules ORDER BY name FOR UPDATE;
 
 -- name: get_schedule
 SELECT * FROM schedules WHERE name = :name;
@@ -223,7 +225,17 @@ UPDATE jobs SET state = 'pending', updated_at = :now
 WHERE state IN ('waiting', 'failed') AND run_at <= :now;
 
 -- name: queue_settings
-SELECT * FROM queues;
+-- The queues with a concurrency or rate limit are locked (in name order, so two hosts
+-- cannot deadlock) and read in their latest version: a claim reads the counts and the
+-- token bucket after this, so hosts claiming at once cannot together overshoot a limit
+-- or spend one token twice. Queues without a limit are read without a lock.
+WITH limited AS (
+    SELECT * FROM queues WHERE concurrency IS NOT NULL OR rate_count IS NOT NULL
+    ORDER BY name FOR UPDATE
+)
+SELECT * FROM limited
+UNION ALL
+SELECT * FROM queues WHERE concurrency IS NULL AND rate_count IS NULL;
 
 -- name: ready_in_queue
 -- The next ready jobs of one queue in claim order, unlocked: they only tell how many of

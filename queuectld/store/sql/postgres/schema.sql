@@ -214,3 +214,19 @@ CREATE OR REPLACE TRIGGER queues_notify AFTER INSERT OR UPDATE OR DELETE ON queu
 -- ;
 CREATE OR REPLACE TRIGGER schedules_notify AFTER INSERT OR UPDATE OR DELETE ON schedules
     FOR EACH STATEMENT EXECUTE FUNCTION any_change_notify();
+-- ;
+-- The tables that churn are vacuumed after a few percent of them changed, not the
+-- default 20 %: dead rows of finished and purged jobs do not pile up between passes
+-- (docs/postgres.md, "Churn and vacuum").
+ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.02,
+                      autovacuum_analyze_scale_factor = 0.02)
+-- ;
+ALTER TABLE attempts SET (autovacuum_vacuum_scale_factor = 0.02)
+-- ;
+ALTER TABLE job_deps SET (autovacuum_vacuum_scale_factor = 0.02)
+-- ;
+ALTER TABLE job_count_deltas SET (autovacuum_vacuum_scale_factor = 0.0,
+                                  autovacuum_vacuum_threshold = 1000)
+-- ;
+ALTER TABLE nodes SET (autovacuum_vacuum_scale_factor = 0.0,
+                       autovacuum_vacuum_threshold = 200)
