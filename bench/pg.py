@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
@@ -690,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help="smaller: 300 jobs, 10 pickups, 100,000-job claims"
     )
+    ap.add_argument("--jobs", type=int, help="jobs per drain (default 600; quick 300)")
     ap.add_argument("--url", default=DEFAULT_URL, help="PostgreSQL (default %(default)s)")
     ap.add_argument(
         "--only", default="drain,pickup,claim", help="sections to run (default %(default)s)"
@@ -697,7 +699,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        ap.error("--jobs must be at least 1")
     plan = Plan.make(args.quick, args.rounds)
+    if args.jobs:
+        plan = dataclasses.replace(plan, drain_jobs=args.jobs)
     sections = set(args.only.split(","))
     if sections - {"drain", "pickup", "claim"}:
         ap.error(f"--only: unknown sections {sorted(sections - {'drain', 'pickup', 'claim'})}")
