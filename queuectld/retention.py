@@ -185,6 +185,10 @@ class Retention:
                     bytes_freed=done["bytes_freed"],
                 )
             total += done["jobs"]
+        # A store that keeps dead rows until vacuumed is swept once a pass (the store's
+        # own connection, off the store thread: claims go on meanwhile).
+        if await asyncio.to_thread(self._committer.store.sweep_dead_rows):
+            log.info("dead_rows_swept")
         policy = self._policy()
         if self._shared and policy and time.monotonic() - self._swept_at >= ORPHAN_SWEEP_EVERY_S:
             self._swept_at = time.monotonic()

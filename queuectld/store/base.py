@@ -535,6 +535,12 @@ class Store(abc.ABC):
         """Give the file's free pages back to the file system where the store can do
         so inside a transaction (SQLite: ``incremental_vacuum``); else nothing."""
 
+    def sweep_dead_rows(self) -> bool:
+        """Remove dead row versions when the database has let too many pile up
+        (PostgreSQL with autovacuum off or behind); whether it did. Runs on a connection
+        of its own, outside any transaction, from any thread; nothing to do on SQLite."""
+        return False
+
     @abc.abstractmethod
     def compact(self) -> None:
         """Rebuild the store to its smallest size. Runs outside any transaction (the

@@ -78,6 +78,12 @@ TABLES = (
     "job_count_deltas",
 )
 
+# The tables that claims, ends and purges churn (sweep_dead_rows vacuums them) and
+# when: more dead rows in jobs than this many, and than this share of its live rows.
+SWEPT_TABLES = ("jobs", "attempts", "job_deps", "job_count_deltas")
+DEAD_ROWS_MIN = 10_000
+DEAD_ROWS_SHARE = 0.2
+
 # The server or the connection went away, or is too busy: the daemon retries.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
@@ -368,6 +374,34 @@ class PostgresStore(SQLStore):
                 conn.execute(
                     sql.SQL("VACUUM (FULL, ANALYZE) {}").format(sql.Identifier(self.schema, table))
                 )
+        except psycopg.Error as exc:
+            raise self._wrap(exc) from exc
+        finally:
+            try:
+                conn.autocommit = False
+            except psycopg.Error:
+                pass  # a broken connection: the pool discards it
+            self.pool.putconn(conn)
+
+    def sweep_dead_rows(self) -> bool:
+        # Claims, ends and purges leave dead row versions (and dead entries in the claim's
+        # partial index) that only VACUUM removes. Autovacuum does it where it is on (the
+        # schema sets its thresholds low); where it is off or falls behind, claims would
+        # step over more and more dead entries, so the daemon does it itself.
+        try:
+            conn = self.pool.getconn()
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise self._wrap(exc) from exc
+        try:
+            conn.autocommit = True  # VACUUM cannot run inside a transaction
+            row = conn.execute(Q["dead_rows"]).fetchone()
+            if row is None or row["dead"] <= max(DEAD_ROWS_MIN, row["live"] * DEAD_ROWS_SHARE):
+                return False
+            for table in SWEPT_TABLES:
+                conn.execute(
+                    sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(self.schema, table))
+                )
+            return True
         except psycopg.Error as exc:
             raise self._wrap(exc) from exc
         finally:

@@ -387,3 +387,8 @@ FROM nodes n ORDER BY n.name;
 UPDATE nodes SET rescued_at = :now
 WHERE heartbeat_at < :stale_before AND stopped_at IS NULL AND rescued_at IS NULL
 RETURNING *;
+
+-- name: dead_rows
+-- Dead and live row versions of this schema's jobs table, as the statistics last saw.
+SELECT COALESCE(n_dead_tup, 0) AS dead, COALESCE(n_live_tup, 0) AS live
+FROM pg_stat_user_tables WHERE schemaname = current_schema() AND relname = 'jobs';
