@@ -579,8 +579,10 @@ def markdown(res: dict[str, Any]) -> str:
     lines += [
         f"Measured by `{res['command']}` on {res['started']}: {m.get('cpus')} CPUs "
         f"({m.get('cpu_model', 'unknown CPU')}), PostgreSQL {res.get('server_version', '?')} "
-        f"on the same machine; {res['rounds']} round(s), each figure the median of the rounds "
-        "with their min-max, ratios taken within each round.",
+        f"on the same machine (load average {m.get('loadavg_at_start', ['?'])[0]} at the "
+        f"start, {m.get('loadavg_at_end', ['?'])[0]} at the end: other work shared it); "
+        f"{res['rounds']} round(s), each figure the median of the rounds with their min-max, "
+        "ratios taken within each round.",
         "",
     ]
     d = res.get("drain")
@@ -733,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         cleanup()
     res["errors"] = errors
     res["seconds"] = round(time.time() - started, 1)
+    res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
     path = RESULTS / f"pg-{stamp}.json"
