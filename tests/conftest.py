@@ -105,6 +105,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+# Chaos report lines of pytest-xdist workers (tests/chaos/conftest.py), for the summary.
+_WORKER_REPORTS: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: a worker has finished; keep the chaos report lines it wrote."""
+    _WORKER_REPORTS.extend(getattr(node, "workeroutput", {}).get("chaos_report", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _WORKER_REPORTS:
+        terminalreporter.section("chaos report")
+        for line in _WORKER_REPORTS:
+            terminalreporter.write_line(line)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

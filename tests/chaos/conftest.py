@@ -136,16 +136,11 @@ def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # Under pytest-xdist (make test runs -n 2) the lines were written in a worker: hand
-    # them to the controller, which prints the summary.
+    # them to the controller, where tests/conftest.py prints them (the controller
+    # collects nothing, so it may never load this file).
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["chaos_report"] = list(_REPORT)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    """pytest-xdist: a worker finished; keep its chaos report lines."""
-    _REPORT.extend(getattr(node, "workeroutput", {}).get("chaos_report", []))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 
 from queuectld import cgroup
-from tests.harness import QueueDaemon
+from tests.harness import QueueDaemon, queuectl_command, wait_for
 
 PY = sys.executable
 ALLOCATE = f"{PY} -c 'x = bytearray(200 * 1024 * 1024); print(len(x))'"
@@ -121,10 +122,20 @@ def test_fork_bomb_under_pids_max_ends(daemon: QueueDaemon) -> None:
 
 
 def test_each_attempt_records_cpu_time_and_peak_memory(daemon: QueueDaemon) -> None:
-    daemon.cli("worker", "start", "--count", "1")
     work = f"{PY} -c 'x = bytearray(80 * 1024 * 1024); sum(range(3_000_000))'"
-    daemon.cli("enqueue", "--id", "j", "--", work)
-    events = [json.loads(x) for x in daemon.cli("watch", "--until-idle", "--json").splitlines()]
+    daemon.cli("enqueue", "--id", "j", "--", work)  # no worker yet: the job waits
+    # The watch must follow before the job can finish: started after it (a busy machine
+    # is slow to start a CLI), it finds the queue idle and prints no `completed`.
+    watch = subprocess.Popen(
+        [*queuectl_command(), "watch", "--until-idle", "--json"],
+        env=daemon.cli_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: daemon.cli_json("metrics")["connections"] >= 2, what="the watch")
+    daemon.cli("worker", "start", "--count", "1")
+    out, _ = watch.communicate(timeout=60)
+    events = [json.loads(x) for x in out.splitlines()]
     done = next(e for e in events if e["type"] == "completed")
     assert done["cpu_seconds"] > 0.05 and done["peak_bytes"] >= 80 << 20
     (attempt,) = daemon.job("j")["history"]
