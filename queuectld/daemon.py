@@ -204,7 +204,7 @@ class Daemon:
             lambda: self.supervisor.desired,
             self._evicted,
         )
-        await self.membership.join()
+        await self.membership.join(desired)
         recovered = await recover(
             self.committer, self.dispatcher.recorder, cfg.node_id, cfg.store_key()
         )

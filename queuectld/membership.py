@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -100,8 +101,9 @@ class Membership:
         me = self.me
         return NodeRow(me.name, me.host, me.pid, me.started_at, now, self._slots(), me.socket)
 
-    async def join(self) -> None:
-        """Register; refuse to start when a live daemon already runs under our name."""
+    async def join(self, slots: int) -> None:
+        """Register with ``slots`` (the workers about to start); refuse to start when a
+        live daemon already runs under our name."""
         now = time.time()
         timeout = self._timeout()
 
@@ -114,7 +116,7 @@ class Membership:
                     f"as node {self.me.name!r} on this store; give each daemon its own "
                     "node_id"
                 )
-            return store.register_node(self._row(now))
+            return store.register_node(dataclasses.replace(self._row(now), slots=slots))
 
         await self._committer.call(work)
         self._in_touch_since = time.monotonic()

@@ -42,7 +42,9 @@ log = structlog.get_logger("queuectld.store")
 SCHEMA_VERSION = 1  # PostgreSQL's own numbering (SQLite's is separate)
 FOLD_OVER = 1000  # delta rows beyond which count_by_queue folds them
 POOL_MIN, POOL_MAX = 1, 4
-POOL_TIMEOUT = 5.0  # seconds to wait for a connection before StoreUnavailable
+# Seconds to wait for a connection before StoreUnavailable: while the server is down
+# every store call waits this long once per retry, and the requests queued behind it too.
+POOL_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 5
 
 _SQL = resources.files("queuectld.store") / "sql" / "postgres"
