@@ -14,4 +14,9 @@ The concurrency section (:mod:`bench.conc`) runs N jobs of ``sleep`` at once in
 queuectl and in task-spooler (``-S N``) and measures the queue's own memory, the time
 until all N run and its CPU while they do; ``--only concurrency --conc 10,100`` runs
 just that, for those N.
+
+``python -m bench.pg [--rounds N] [--quick]`` (:mod:`bench.pg`) measures the PostgreSQL
+store: drains by 1, 2 and 3 daemons sharing one database beside one SQLite daemon and the
+machine's ceiling, pickup across hosts, and claim cost at 1,000,000 jobs; it saves
+``bench/results/pg-*.json`` and prints a Markdown section for ``docs/postgres.md``.
 """
