@@ -349,6 +349,11 @@ OPERATIONS: tuple[Operation, ...] = (
         lambda c, i: c.resume_queue(i.path["name"]), s.QUEUE, refusals=(403,), tag="queues",
     ),
     Operation(
+        "listNodes", "GET", "/nodes",
+        "Every daemon sharing the store (several hosts on PostgreSQL): live, gone or stopped",
+        lambda c, i: c.nodes(), {"type": "array", "items": s.NODE}, tag="workers",
+    ),
+    Operation(
         "getWorkers", "GET", "/workers", "Workers desired, running and busy",
         lambda c, i: c.status()["workers"], s.WORKERS, tag="workers",
     ),

@@ -210,6 +210,23 @@ WORKERS: Schema = {
     "properties": {k: {"type": "integer"} for k in ("desired", "running", "busy")},
 }
 
+NODE: Schema = {
+    "type": "object",
+    "required": ["name", "host", "pid", "state", "slots", "running", "heartbeat_at", "this"],
+    "properties": {
+        "name": {"type": "string"},
+        "host": {"type": "string"},
+        "pid": {"type": "integer"},
+        "state": {"type": "string", "enum": ["live", "gone", "stopped"]},
+        "slots": {"type": "integer"},
+        "running": {"type": "integer"},
+        "started_at": {"type": "number"},
+        "heartbeat_at": {"type": "number"},
+        "socket": {"type": "string"},
+        "this": {"type": "boolean"},
+    },
+}
+
 SETTING: Schema = {
     "type": "object",
     "required": ["key", "value", "default", "help"],

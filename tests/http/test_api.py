@@ -66,6 +66,8 @@ def test_job_control_and_queues(daemon: QueueDaemon, gateway: Gateway) -> None:
     assert gateway.json("POST", "/queues/mail/resume")["paused"] is False
     assert {q["name"] for q in gateway.json("GET", "/queues")} >= {"mail", "default"}
     assert gateway.request("GET", "/queues/nowhere").status == 404
+    (node,) = gateway.json("GET", "/nodes")  # one daemon: the one behind the gateway
+    assert node["state"] == "live" and node["this"] is True and node["pid"] == daemon.pid
     gateway.json("POST", "/jobs", {"id": "long", "command": "sleep 60"}, 201)
     gateway.json("PUT", "/workers", {"count": 1})
     daemon.wait_for_state("long", "processing")
