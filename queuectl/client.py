@@ -538,19 +538,22 @@ class Client:
                 return
 
     def _logs_elsewhere(self, job_id: str, chunk: dict[str, Any]) -> Iterator[bytes]:
-        node, host, path = chunk["node"], chunk.get("host"), chunk.get("socket")
-        where = f"host {host} (daemon {node})" if host else f"daemon {node}"
+        with self._daemon_of(job_id, chunk) as other:
+            yield from other.logs(job_id)
+
+    def _daemon_of(self, job_id: str, where: dict[str, Any]) -> Client:
+        """A client of the daemon of the cluster that ran the job (``where``: its
+        ``node``, ``host`` and ``socket``), when this process can reach its socket; else
+        ``NotFound`` saying which host keeps the job's log."""
+        node, host, path = where.get("node"), where.get("host"), where.get("socket")
         if path and path != self.server:
             try:
-                other = Client.connect(path, autostart=False, timeout=self._timeout)
+                return Client.connect(path, autostart=False, timeout=self._timeout)
             except QueuectlError:
-                other = None
-            if other is not None:
-                with other:
-                    yield from other.logs(job_id)
-                return
+                pass
+        place = f"host {host} (daemon {node})" if host else f"daemon {node}"
         raise NotFound(
-            f"job {job_id!r} ran on {where}, which keeps its log; run `queuectl logs "
+            f"job {job_id!r} ran on {place}, which keeps its log; run `queuectl logs "
             f"{job_id}` there"
         )
 
@@ -562,6 +565,12 @@ class Client:
             for event in self.stream(Op.FOLLOW_LOGS, id=job_id):
                 if event.get("type") == "output":
                     yield str(event["stream"]), bytes(event["data"])
+                elif event.get("type") == "elsewhere":
+                    # Another daemon of the cluster runs (or ran) it: follow it there.
+                    other = self._daemon_of(job_id, event)
+                    with other:
+                        yield from other.follow_logs(job_id)
+                    return
 
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> WaitView:
         """Block until every job is final (``completed``, ``dead``, ``cancelled``), or

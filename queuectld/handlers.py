@@ -102,6 +102,8 @@ class HandlerContext(Protocol):
 log = structlog.get_logger("queuectld.handlers")
 
 WORKERS_SETTING = "workers"
+# See _remote_poll.
+REMOTE_POLL_S = 1.0
 
 
 def workers_setting(node_id: str) -> str:
@@ -408,20 +410,32 @@ async def logs(d: HandlerContext, args: LogsArgs) -> dict[str, Any]:
     if chunk is not None:
         return dict(chunk)
     empty = LogChunk(path=str(path), data=b"", offset=args.offset, size=0)
-    job = await d.committer.call(lambda s: s.get_job(args.id, with_history=True))
+    elsewhere = await _ran_elsewhere(d, args.id)
+    return {**empty, **(elsewhere or {})}
+
+
+async def _ran_elsewhere(d: HandlerContext, job_id: str) -> dict[str, str] | None:
+    """Where another daemon of the cluster runs (or last ran) the job, whose log is on
+    its host: ``node`` and, while it is registered, its ``host`` and ``socket``."""
+    job = await d.committer.call(lambda s: s.get_job(job_id, with_history=True))
     if job is None:
-        return dict(empty)
+        return None
     ran_on = job.lease_owner or next(
         (a.node for a in reversed(job.history) if a.node is not None), None
     )
-    if ran_on is not None and ran_on != d.config.node_id:
-        # Logs stay on the host that ran the job: say which daemon has it.
-        rows = await d.committer.call(lambda s: s.nodes())
-        node = next((n for n in rows if n.name == ran_on), None)
-        empty["node"] = ran_on
-        if node is not None:
-            empty["host"], empty["socket"] = node.host, node.socket
-    return dict(empty)
+    if ran_on is None or ran_on == d.config.node_id:
+        return None
+    rows = await d.committer.call(lambda s: s.nodes())
+    node = next((n for n in rows if n.name == ran_on), None)
+    if node is None:
+        return {"node": ran_on}
+    return {"node": ran_on, "host": node.host, "socket": node.socket}
+
+
+def _remote_poll(d: HandlerContext) -> float | None:
+    """How often `wait` and `logs -f` look at the store themselves: jobs of a shared
+    store may end on another daemon, whose events this one never sees."""
+    return REMOTE_POLL_S if d.config.uses_postgres else None
 
 
 async def purge(d: HandlerContext, args: PurgeArgs) -> PurgeView:
@@ -708,12 +722,17 @@ async def wait(d: HandlerContext, args: WaitArgs) -> WaitView:
             timed_out = bool(left) and deadline is not None and time.monotonic() >= deadline
             if not left or timed_out:
                 return WaitView(jobs=[_waited(jobs[job_id]) for job_id in ids], timed_out=timed_out)
+            pause = _remote_poll(d)
+            if deadline is not None:
+                left_s = deadline - time.monotonic()
+                pause = left_s if pause is None else min(pause, left_s)
             try:
-                first = await asyncio.wait_for(
-                    queue.get(), None if deadline is None else deadline - time.monotonic()
-                )
+                first = await asyncio.wait_for(queue.get(), pause)
             except TimeoutError:
-                continue  # the deadline has passed: answer with what stands
+                # The deadline has passed (answer with what stands), or it is time to
+                # look for jobs another daemon of the cluster ended.
+                jobs.update(await _read_jobs(d, sorted(left)))
+                continue
             batch = [first, *_drain_queue(queue)]
             changed = _final_ids(batch, left)
             if None in batch:
@@ -743,6 +762,9 @@ async def follow_logs(d: HandlerContext, args: JobIdArgs) -> AsyncIterator[dict[
     try:
         job = (await _read_jobs(d, [job_id]))[job_id]
         log_from = 0
+        if _runs_elsewhere(d, job):
+            yield await _elsewhere_event(d, job_id)
+            return
         if job.state not in FINAL:
             log_from = _log_size(path)
             d.supervisor.follow(job_id, True)
@@ -752,8 +774,16 @@ async def follow_logs(d: HandlerContext, args: JobIdArgs) -> AsyncIterator[dict[
                     yield {"type": "output", "stream": stream, "data": data}
                 if not getting.done():
                     woken = asyncio.ensure_future(follower.changed.wait())
-                    await asyncio.wait({getting, woken}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {getting, woken},
+                        timeout=_remote_poll(d),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                     woken.cancel()
+                    if not done:  # a shared store: did another daemon take the job?
+                        job = (await _read_jobs(d, [job_id]))[job_id]
+                        if _runs_elsewhere(d, job) or job.state in FINAL:
+                            break
                     continue
                 batch = [getting.result(), *_drain_queue(queue)]
                 ended = bool(_final_ids(batch, {job_id}))
@@ -776,12 +806,25 @@ async def follow_logs(d: HandlerContext, args: JobIdArgs) -> AsyncIterator[dict[
                     break
                 yield {"type": "output", "stream": "log", "data": chunk["data"]}
                 offset += len(chunk["data"])
+            if offset == log_from and (elsewhere := await _ran_elsewhere(d, job_id)):
+                # Nothing here: another daemon of the cluster ran it (or runs it now).
+                yield {"type": "elsewhere", **elsewhere}
     finally:
         if getting is not None:
             getting.cancel()
         d.events.unsubscribe(queue)
         if d.followers.unsubscribe(follower):
             d.supervisor.follow(job_id, False)
+
+
+def _runs_elsewhere(d: HandlerContext, job: Job) -> bool:
+    """True when another daemon of the cluster runs the job now."""
+    owner = job.lease_owner
+    return job.state is JobState.PROCESSING and owner is not None and owner != d.config.node_id
+
+
+async def _elsewhere_event(d: HandlerContext, job_id: str) -> dict[str, Any]:
+    return {"type": "elsewhere", **(await _ran_elsewhere(d, job_id) or {})}
 
 
 def _log_size(path: os.PathLike[str]) -> int:

@@ -3,13 +3,14 @@ one name per daemon, and logs read through the daemon that ran the job."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import DaemonFactory
-from tests.harness import wait_for
+from tests.harness import queuectl_command, wait_for
 from tests.pg import PG_URL, pg_schema
 
 FAST = {"node_timeout": 3}
@@ -69,3 +70,39 @@ def test_logs_are_read_through_the_daemon_that_ran_the_job(
     out = front.run("logs", "remote")
     assert out.returncode == 1
     assert "daemon back" in out.stderr and "keeps its log" in out.stderr
+
+
+@pytest.mark.postgres_only(reason="daemons share one store only on PostgreSQL")
+def test_wait_and_follow_jobs_that_another_daemon_runs(
+    shared_store: dict[str, Any], daemon_factory: DaemonFactory
+) -> None:
+    front = daemon_factory(workers=0, node_id="front", **shared_store)
+    daemon_factory(workers=1, node_id="back", **shared_store)
+    # The job waits for a file, so `logs -f` surely joins while it runs on `back`.
+    gate = front.home / "gate"
+    front.cli(
+        "enqueue",
+        "--id",
+        "far",
+        "--",
+        f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo after",
+    )
+    front.wait_for_state("far", "processing")
+    follow = subprocess.Popen(
+        [*queuectl_command(), "logs", "-f", "far"],
+        env=front.cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        gate.touch()
+        out, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0, err
+    assert "after" in out  # streamed by `back`, through its socket
+    # `wait` on `front` learns of an end that only `back` saw.
+    front.cli("enqueue", "--id", "far2", "--", "true")
+    done = front.run("wait", "far2", "--timeout", "20s")
+    assert done.returncode == 0, done.stderr
