@@ -27,6 +27,7 @@ import pytest
 
 from queuectl import Client
 from queuectl.errors import PermissionDenied, QueuectlError, Unavailable
+from tests.pg import PG_URL, pg_schema
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: CI runs as root")
 
@@ -123,8 +124,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> bytes:
 
 
 @pytest.fixture
-def shared_queue() -> Iterator[dict[str, Any]]:
-    """A root daemon serving two unprivileged users through a 0660 group socket."""
+def shared_queue(daemon_backend: str) -> Iterator[dict[str, Any]]:
+    """A root daemon serving two unprivileged users through a 0660 group socket, on each
+    store (jobs are scoped to their owner by the store's queries)."""
+    with contextlib.ExitStack() as stack:
+        store: dict[str, str] = {}
+        if daemon_backend == "postgres":
+            schema = stack.enter_context(pg_schema())
+            store = {"QUEUECTLD_STORE_URL": PG_URL, "QUEUECTLD_STORE_SCHEMA": schema}
+        yield from _shared_queue(store)
+
+
+def _shared_queue(store: dict[str, str]) -> Iterator[dict[str, Any]]:
     users = _ensure_users()
     base = Path(tempfile.mkdtemp(prefix="qc-mu-", dir="/tmp"))
     os.chmod(base, 0o755)
@@ -143,6 +154,7 @@ def shared_queue() -> Iterator[dict[str, Any]]:
         "QUEUECTLD_ALLOWED_UIDS": uids,
         "QUEUECTLD_ADMIN_GROUPS": ADMIN_GROUP,
         "QUEUECTL_NO_AUTOSTART": "1",
+        **store,
     }
     proc = _start(env, ["--home", str(base / "state"), "--socket", sock, "--workers", "2"])
     try:
