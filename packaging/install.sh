@@ -132,8 +132,9 @@ install_program() {
     trap 'rm -rf "$build"' EXIT
     tar -C "$SRC" --exclude=.venv --exclude=.git --exclude='*.egg-info' --exclude=build \
         -cf - setup.cfg pyproject.toml README.md queuectl queuectld | tar -C "$build" -xf -
-    # With the http extra: queuectl-http.service runs the gateway from this release.
-    "$DESTDIR$release/bin/python" -m pip install --quiet --disable-pip-version-check "$build[http]"
+    # With the http extra (queuectl-http.service runs the gateway from this release) and the
+    # postgres extra (a store several hosts share, docs/postgres.md).
+    "$DESTDIR$release/bin/python" -m pip install --quiet --disable-pip-version-check "$build[http,postgres]"
     ln -sfn "releases/$name" "$DESTDIR$PREFIX/current.new"
     mv -T "$DESTDIR$PREFIX/current.new" "$DESTDIR$PREFIX/current"
     mkdir -p "$DESTDIR$BINDIR"
