@@ -288,13 +288,17 @@ class PrivatePostgres:
         try:
             self._grab_all(held)
             if evict:
-                for _ in range(50):
+                # Until every slot is ours: owners reconnect at the same time, and a
+                # terminated backend frees its slot only once it has exited.
+                deadline = time.monotonic() + 15
+                while len(held) < self.max_connections and time.monotonic() < deadline:
                     if not held.conns:
                         break  # others hold every slot: nothing to terminate them with
                     admin = held.conns[0]
-                    if not _client_backends(admin, None):
-                        break
-                    _terminate(admin, None)
+                    if _client_backends(admin, None):
+                        _terminate(admin, None)
+                    else:
+                        time.sleep(0.02)  # polling a slot free: nothing to wait on
                     self._grab_all(held)
             yield held
         finally:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from queuectl.client import Client
-from queuectl.errors import InvalidRequest, NotFound
+from queuectl.errors import Conflict, InvalidRequest, NotFound
 from queuectl.http import schemas as s
 from queuectl.protocol import MAX_LIST_LIMIT, JobState, validate_queue_name
 
@@ -188,11 +188,15 @@ def _seed_dlq_retry(c: Client, i: Inputs) -> dict[str, Any]:
 
 
 def job_log(c: Client, job_id: str) -> str:
-    """A job's whole log as text; 404 when no attempt has finished yet."""
+    """A job's whole log as text; 409 when no attempt has finished yet (the job exists,
+    its log does not yet: 404 is kept for an unknown job)."""
     data = b"".join(c.logs(job_id))
     if not data:
         state = c.get_job(job_id)["state"]  # not_found for an unknown job
-        raise NotFound(f"job {job_id} is {state}; no attempt has finished yet, so it has no log")
+        raise Conflict(
+            f"job {job_id} is {state}; no attempt has finished yet, so it has no log; "
+            "ask again once it has run"
+        )
     return data.decode("utf-8", "replace")
 
 
@@ -283,7 +287,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "seedLogs", "GET", f"/logs/{ID}", "A job's output log",
-        _seed_log, s.SEED_LOG, tag="seed",
+        _seed_log, s.SEED_LOG, refusals=(409,), tag="seed",
     ),
     # Everything else, as resources.
     Operation(
@@ -308,7 +312,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "getJobLog", "GET", f"/jobs/{ID}/log", "A job's output log",
-        _seed_log, s.SEED_LOG,
+        _seed_log, s.SEED_LOG, refusals=(409,),
     ),
     Operation(
         "retryJob", "POST", f"/jobs/{ID}/retry",
