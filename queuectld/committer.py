@@ -62,11 +62,6 @@ class Committer:
         self._pause = OUTAGE_FIRST_PAUSE_S
         self._retry_at = 0.0
 
-    @property
-    def store_down(self) -> bool:
-        """True while the store is unreachable (since the last failed transaction)."""
-        return self._outage is not None
-
     def start(self) -> None:
         self._thread.start()
 

@@ -258,7 +258,7 @@ class Daemon:
             "daemon_ready",
             socket=self.server.path,
             activated=inherited is not None,
-            database=await self.committer.call(lambda s: s.describe()),
+            database=self.committer.store.describe(),
             workers=desired,
             executors=min(max_executors, desired) if desired else 0,
             recovered=recovered,

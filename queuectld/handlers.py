@@ -223,17 +223,11 @@ async def status(d: HandlerContext, args: NoArgs) -> StatusView:
 
 
 def _node_view(d: HandlerContext, row: NodeRow) -> NodeView:
-    if row.stopped_at is not None:
-        state = "stopped"
-    elif row.rescued_at is not None or time.time() - row.heartbeat_at >= d.config.node_timeout:
-        state = "gone"
-    else:
-        state = "live"
     return NodeView(
         name=row.name,
         host=row.host,
         pid=row.pid,
-        state=state,
+        state=row.state(time.time(), d.config.node_timeout),
         slots=row.slots,
         running=row.running,
         started_at=row.started_at,
@@ -417,7 +411,11 @@ async def logs(d: HandlerContext, args: LogsArgs) -> dict[str, Any]:
 async def _ran_elsewhere(d: HandlerContext, job_id: str) -> dict[str, str] | None:
     """Where another daemon of the cluster runs (or last ran) the job, whose log is on
     its host: ``node`` and, while it is registered, its ``host`` and ``socket``."""
-    job = await d.committer.call(lambda s: s.get_job(job_id, with_history=True))
+
+    def read(s: Store) -> tuple[Job | None, list[NodeRow]]:
+        return s.get_job(job_id, with_history=True), s.nodes()
+
+    job, rows = await d.committer.call(read)
     if job is None:
         return None
     ran_on = job.lease_owner or next(
@@ -425,7 +423,6 @@ async def _ran_elsewhere(d: HandlerContext, job_id: str) -> dict[str, str] | Non
     )
     if ran_on is None or ran_on == d.config.node_id:
         return None
-    rows = await d.committer.call(lambda s: s.nodes())
     node = next((n for n in rows if n.name == ran_on), None)
     if node is None:
         return {"node": ran_on}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import socket
 import time
@@ -54,10 +53,8 @@ class NodeIdentity:
 
 def name_taken(existing: NodeRow | None, me: NodeIdentity, now: float, timeout: float) -> bool:
     """True when ``existing`` is another daemon, alive, registered under our name."""
-    if existing is None or existing.stopped_at is not None or existing.rescued_at is not None:
-        return False
-    if now - existing.heartbeat_at >= timeout:
-        return False  # gone quiet: a crashed earlier run, or a host that died
+    if existing is None or existing.state(now, timeout) != "live":
+        return False  # stopped, rescued, or quiet: a crashed earlier run, a host that died
     if existing.host == me.host:
         # Same machine: alive only if that process still runs (a restart after a crash
         # finds its own old row, with a pid that is gone).
@@ -97,9 +94,9 @@ class Membership:
         # Since when the store has answered every heartbeat without a gap (monotonic).
         self._in_touch_since: float | None = None
 
-    def _row(self, now: float) -> NodeRow:
+    def _row(self, now: float, slots: int) -> NodeRow:
         me = self.me
-        return NodeRow(me.name, me.host, me.pid, me.started_at, now, self._slots(), me.socket)
+        return NodeRow(me.name, me.host, me.pid, me.started_at, now, slots, me.socket)
 
     async def join(self, slots: int) -> None:
         """Register with ``slots`` (the workers about to start); refuse to start when a
@@ -116,7 +113,7 @@ class Membership:
                     f"as node {self.me.name!r} on this store; give each daemon its own "
                     "node_id"
                 )
-            return store.register_node(dataclasses.replace(self._row(now), slots=slots))
+            return store.register_node(self._row(now, slots))
 
         await self._committer.call(work)
         self._in_touch_since = time.monotonic()
@@ -165,7 +162,7 @@ class Membership:
             )
             self._on_evicted()
             try:
-                await self._committer.call(lambda s: s.register_node(self._row(time.time())))
+                await self._committer.call(lambda s: s.register_node(self._row(time.time(), slots)))
             except QueuectlError:
                 self._in_touch_since = None
             return

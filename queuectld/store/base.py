@@ -117,6 +117,15 @@ class NodeRow:
     rescued_at: float | None = None  # set when a survivor took its jobs back
     running: int = 0  # processing jobs it holds (filled in by Store.nodes)
 
+    def state(self, now: float, timeout: float) -> str:
+        """``stopped`` (cleanly), ``gone`` (rescued, or no heartbeat for ``timeout``
+        seconds) or ``live``."""
+        if self.stopped_at is not None:
+            return "stopped"
+        if self.rescued_at is not None or now - self.heartbeat_at >= timeout:
+            return "gone"
+        return "live"
+
 
 class WakeupSource(Protocol):
     """Tells the daemon that another user of the store may have made work for it."""
